@@ -1,0 +1,56 @@
+"""The 68-point iBUG / Multi-PIE landmark definition shared by engine, training and evaluation."""
+
+from __future__ import annotations
+
+import numpy as np
+
+NUM_LANDMARKS = 68
+
+# Regions used in every report (docs/method.md section 1).
+REGIONS: dict[str, slice] = {
+    "contour": slice(0, 17),
+    "brows": slice(17, 27),
+    "nose": slice(27, 36),
+    "eyes": slice(36, 48),
+    "mouth": slice(48, 68),
+}
+
+NOSE_BRIDGE = np.arange(27, 31)  # visible down to a dot product of -0.1 (seed, masks)
+
+NAMES: list[str] = (
+    [f"contour_{i}" for i in range(17)]
+    + [f"brow_right_{i}" for i in range(5)]
+    + [f"brow_left_{i}" for i in range(5)]
+    + [f"nose_bridge_{i}" for i in range(4)]
+    + [f"nose_lower_{i}" for i in range(5)]
+    + [f"eye_right_{i}" for i in range(6)]
+    + [f"eye_left_{i}" for i in range(6)]
+    + [f"mouth_outer_{i}" for i in range(12)]
+    + [f"mouth_inner_{i}" for i in range(8)]
+)
+
+
+def _mirror_permutation() -> np.ndarray:
+    """Index map for a horizontal flip: flipped[i] = original[FLIP[i]]."""
+    perm = np.arange(NUM_LANDMARKS)
+    pairs = (
+        [(i, 16 - i) for i in range(17)]  # jaw
+        + [(17 + i, 26 - i) for i in range(5)]  # brows
+        + [(31, 35), (32, 34)]  # nostrils
+        + [(36, 45), (37, 44), (38, 43), (39, 42), (40, 47), (41, 46)]  # eyes
+        + [(48, 54), (49, 53), (50, 52), (55, 59), (56, 58)]  # outer lip
+        + [(60, 64), (61, 63), (65, 67)]  # inner lip
+    )
+    for a, b in pairs:
+        perm[a], perm[b] = b, a
+    return perm
+
+
+FLIP_PERMUTATION = _mirror_permutation()
+
+
+def region_of(index: int) -> str:
+    for name, sl in REGIONS.items():
+        if sl.start <= index < sl.stop:
+            return name
+    raise IndexError(index)

@@ -1,0 +1,125 @@
+"""Plugin API: sources, stages and sinks, discovered through the ``engine.plugins`` entry-point group.
+
+A plugin is a class with a ``name``, a pydantic ``Options`` model (unknown keys are rejected) and one of
+three roles. Built-ins in ``plugins/`` register exactly as a third-party package would, in its
+``pyproject.toml``::
+
+    [project.entry-points."engine.plugins"]
+    my_sink = "my_package.sinks:MySink"
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from importlib.metadata import entry_points
+from typing import ClassVar
+
+from pydantic import BaseModel, ConfigDict
+
+from engine.frame import Frame
+
+ENTRY_POINT_GROUP = "engine.plugins"
+
+
+class PluginOptions(BaseModel):
+    """Base for every plugin's options: unknown keys are errors, not silently ignored."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+class Plugin:
+    """Common base. Subclasses set ``name``, ``Options`` and a one-line docstring."""
+
+    name: ClassVar[str]
+    Options: ClassVar[type[PluginOptions]] = PluginOptions
+
+    def __init__(self, options: PluginOptions):
+        self.options = options
+
+    def start(self) -> None:
+        """Acquire resources (models, sockets). Called once, before any data flows."""
+
+    def close(self) -> None:
+        """Release resources. Called once, also after errors; must not raise."""
+
+
+class Source(Plugin):
+    """Produces frames of one or more streams. Runs in its own thread.
+
+    ``live`` sources (network streams, webcams) get drop-oldest queues; file sources block (lossless).
+    ``frames()`` returns when the input ends or when ``stop_event`` is set. An unreadable input is
+    reported through ``logging`` and counted in ``errors``; it must not stop the other sources.
+    """
+
+    live: bool = False
+
+    def __init__(self, options: PluginOptions, source_id: str):
+        super().__init__(options)
+        self.source_id = source_id
+        self.errors: list[str] = []  # one line per skipped input, for the run summary
+
+    def frames(self, stop_event: threading.Event) -> Iterator[Frame]:
+        raise NotImplementedError
+
+
+class Stage(Plugin):
+    """Transforms batches of frames in order (detector, landmark model, tracker, ...).
+
+    The runtime collects up to ``batch_size`` frames, waiting at most ``max_wait_ms`` after the first
+    one, so a stage batches across frames and streams. ``process`` returns the same frames, in order,
+    with fields added.
+    """
+
+    batch_size: int = 1
+    max_wait_ms: float = 0.0
+
+    def process(self, frames: list[Frame]) -> list[Frame]:
+        raise NotImplementedError
+
+
+class Sink(Plugin):
+    """Consumes processed frames (ZeroMQ, files, video overlay). ``close`` flushes."""
+
+    def write(self, frame: Frame) -> None:
+        raise NotImplementedError
+
+    def end_of_stream(self, stream_id: str) -> None:
+        """Called when one stream has delivered its last frame (e.g. to close its file)."""
+
+
+ROLES: dict[str, type[Plugin]] = {"source": Source, "stage": Stage, "sink": Sink}
+
+
+class PluginNotFoundError(LookupError):
+    pass
+
+
+def discover() -> dict[str, type[Plugin]]:
+    """All installed plugins by name. A broken third-party plugin is an error that names it."""
+    found: dict[str, type[Plugin]] = {}
+    for ep in entry_points(group=ENTRY_POINT_GROUP):
+        try:
+            cls = ep.load()
+        except Exception as exc:  # a third-party import error must say which plugin broke
+            raise ImportError(f"plugin {ep.name!r} ({ep.value}) failed to import: {exc}") from exc
+        if not (isinstance(cls, type) and issubclass(cls, Plugin)):
+            raise TypeError(f"plugin {ep.name!r} ({ep.value}) is not a Source, Stage or Sink class")
+        found[ep.name] = cls
+    return found
+
+
+def role_of(cls: type[Plugin]) -> str:
+    for role, base in ROLES.items():
+        if issubclass(cls, base):
+            return role
+    raise TypeError(f"{cls.__name__} is not a Source, Stage or Sink")
+
+
+def get_plugin(name: str, role: str) -> type[Plugin]:
+    plugins = discover()
+    cls = plugins.get(name)
+    choices = sorted(n for n, c in plugins.items() if role_of(c) == role)
+    if cls is None or role_of(cls) != role:
+        raise PluginNotFoundError(f"no {role} plugin named {name!r}; installed {role}s: {', '.join(choices)}")
+    return cls
