@@ -1,0 +1,28 @@
+"""Where the engine finds files it does not download: the repo's samples/models and ``../shared``."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+def shared_dir() -> Path:
+    """The project's shared folder: ``$FACELIFT_SHARED`` or ``../shared`` beside the repository."""
+    return Path(os.environ.get("FACELIFT_SHARED", REPO_ROOT.parent / "shared")).resolve()
+
+
+def shared_asset(*parts: str) -> Path:
+    path = shared_dir().joinpath("assets", *parts)
+    if not path.exists():
+        raise FileNotFoundError(
+            f"{path} not found: the shared assets folder is expected at {shared_dir()} "
+            "(set FACELIFT_SHARED to point elsewhere)"
+        )
+    return path
+
+
+def sample_clip() -> Path:
+    """The bundled sample clip (a real face with synthetic camera motion, made by scripts/make_sample.py)."""
+    return REPO_ROOT / "samples" / "astronaut.mp4"

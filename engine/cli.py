@@ -1,0 +1,203 @@
+"""Command line: ``python -m engine run|validate|plugins|subscribe`` (also the ``facelift-engine`` script).
+
+Exit codes: 0 success (also after SIGINT/SIGTERM asked a run to stop), 1 a plugin failed to start or
+a run ended abnormally, 2 invalid configuration or arguments.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from pydantic_core import PydanticUndefined
+
+from engine.config import ConfigError, load_config
+from engine.plugin import ROLES, discover, role_of
+
+log = logging.getLogger("engine")
+
+
+def setup_logging(level: str = "INFO") -> None:
+    logging.basicConfig(
+        level=getattr(logging, level.upper()),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        datefmt="%H:%M:%S",
+        force=True,
+    )
+
+
+def _type_name(annotation: Any) -> str:
+    text = getattr(annotation, "__name__", None) if getattr(annotation, "__args__", None) is None else None
+    return text or str(annotation).replace("typing.", "").replace("pathlib.", "")
+
+
+def describe_plugins() -> dict[str, list[dict[str, Any]]]:
+    """Installed plugins by role, each with its options (type, default, description)."""
+    out: dict[str, list[dict[str, Any]]] = {role: [] for role in ROLES}
+    for name, cls in sorted(discover().items()):
+        options = []
+        for key, info in cls.Options.model_fields.items():
+            if info.default is not PydanticUndefined:
+                default = info.default
+            elif info.default_factory is not None:
+                default = info.default_factory()
+            else:
+                default = PydanticUndefined
+            if isinstance(default, Path):
+                default = str(default)
+            options.append(
+                {
+                    "name": key,
+                    "type": _type_name(info.annotation),
+                    "required": info.is_required(),
+                    "default": None if default is PydanticUndefined else default,
+                    "description": info.description or "",
+                }
+            )
+        doc = (cls.__doc__ or "").strip().splitlines()
+        out[role_of(cls)].append(
+            {"name": name, "class": f"{cls.__module__}.{cls.__qualname__}", "doc": doc[0] if doc else "", "options": options}
+        )
+    return out
+
+
+def cmd_plugins(args: argparse.Namespace) -> int:
+    plugins = describe_plugins()
+    if args.json:
+        print(json.dumps(plugins, indent=2, default=str))
+        return 0
+    for role, entries in plugins.items():
+        print(f"{role}s:")
+        for p in entries:
+            print(f"  {p['name']}  ({p['class']})")
+            if p["doc"]:
+                print(f"      {p['doc']}")
+            for o in p["options"]:
+                default = "required" if o["required"] else f"default {o['default']!r}"
+                print(f"      {o['name']}: {o['type']} = {default}  -- {o['description']}")
+    return 0
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    try:
+        config = load_config(args.config)
+    except ConfigError as exc:
+        print(str(exc), file=sys.stderr)
+        return 2
+    parts = [f"{len(config.sources)} source(s)", f"{len(config.stages)} stage(s)", f"{len(config.sinks)} sink(s)"]
+    print(f"OK: {args.config} ({', '.join(parts)})")
+    return 0
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from engine.metrics import format_summary
+    from engine.runtime import Pipeline, PipelineStartError
+
+    try:
+        config = load_config(args.config)
+    except ConfigError as exc:
+        print(str(exc), file=sys.stderr)
+        return 2
+    setup_logging(args.log_level or config.pipeline.log_level)
+    pipeline = Pipeline(config)
+    try:
+        summary = pipeline.run()
+    except PipelineStartError as exc:
+        log.error("%s", exc)
+        return 1
+    print(format_summary(summary))
+    if args.summary_json:
+        Path(args.summary_json).write_text(json.dumps(summary, indent=2))
+    return 1 if summary.get("fatal") else 0
+
+
+def cmd_subscribe(args: argparse.Namespace) -> int:
+    from engine.client import Subscriber
+    from engine.messages import EndOfStream, to_json_obj
+
+    setup_logging(args.log_level or "WARNING")
+    out = open(args.save, "w", encoding="utf-8") if args.save else None
+    received = 0
+    try:
+        with Subscriber(
+            args.endpoint,
+            topics=args.topic or None,
+            kind="pull" if args.pull else "sub",
+            mode="bind" if args.bind else "connect",
+            timeout_s=args.timeout,
+        ) as sub:
+            for msg in sub:
+                if out is not None:
+                    out.write(json.dumps(to_json_obj(msg), separators=(",", ":")) + "\n")
+                if isinstance(msg, EndOfStream):
+                    print(f"{msg.stream_id} end of stream ({msg.frames} frames sent)")
+                    continue
+                received += 1
+                if out is None or args.verbose:
+                    scores = " ".join(f"{f.score:.2f}" for f in msg.faces)
+                    pts = "-" if msg.pts is None else f"{msg.pts:.3f}"
+                    print(f"{msg.stream_id} #{msg.index} pts {pts} {msg.width}x{msg.height} "
+                          f"faces {len(msg.faces)} [{scores}] latency {1000 * (time.time() - msg.time):.0f} ms")
+                if args.count and received >= args.count:
+                    break
+    except KeyboardInterrupt:
+        pass
+    finally:
+        if out is not None:
+            out.close()
+    print(f"received {received} frame message(s)", file=sys.stderr)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m engine", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("run", help="run a pipeline until its sources end (Ctrl-C stops cleanly)")
+    p.add_argument("config", type=Path, help="pipeline.toml")
+    p.add_argument("--log-level", choices=["DEBUG", "INFO", "WARNING", "ERROR"], help="override [pipeline].log_level")
+    p.add_argument("--summary-json", metavar="PATH", help="also write the run summary as JSON")
+    p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("validate", help="check a pipeline.toml without running it")
+    p.add_argument("config", type=Path)
+    p.set_defaults(func=cmd_validate)
+
+    p = sub.add_parser("plugins", help="list installed plugins and their options")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.set_defaults(func=cmd_plugins)
+
+    p = sub.add_parser("subscribe", help="print or save the messages a zmq sink sends")
+    p.add_argument("endpoint", help="e.g. tcp://127.0.0.1:5555")
+    p.add_argument("--topic", action="append", help="stream id to receive (repeatable; default all)")
+    p.add_argument("--pull", action="store_true", help="PULL socket (for a zmq_push sink) instead of SUB")
+    p.add_argument("--bind", action="store_true", help="bind the endpoint (for a sink in connect mode)")
+    p.add_argument("--save", metavar="OUT.jsonl", help="write the messages as JSON Lines")
+    p.add_argument("--count", type=int, help="stop after this many frame messages")
+    p.add_argument("--timeout", type=float, default=None, help="stop after this many seconds without a message")
+    p.add_argument("--verbose", action="store_true", help="print a line per message also when saving")
+    p.add_argument("--log-level", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    p.set_defaults(func=cmd_subscribe)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.command in ("plugins", "validate"):
+        setup_logging("WARNING")
+    try:
+        return args.func(args)
+    except (ImportError, TypeError) as exc:
+        if not str(exc).startswith("plugin "):
+            raise
+        print(f"error: {exc}", file=sys.stderr)  # a broken third-party plugin (engine.plugin.discover)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,106 @@
+"""Client side for downstream apps: receive engine messages over ZeroMQ, or read a sink's files.
+
+    from engine.client import Subscriber
+    with Subscriber("tcp://127.0.0.1:5555", topics=["sample"]) as sub:
+        for msg in sub:                     # stops after `timeout_s` without a message
+            if isinstance(msg, FrameMessage):
+                print(msg.index, len(msg.faces))
+
+``kind="sub"`` (default) pairs with the ``zmq_pub`` sink, ``kind="pull"`` with ``zmq_push``.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Literal
+
+import msgpack
+import zmq
+
+from engine.messages import EndOfStream, FrameMessage, Message, decode, decode_obj
+
+__all__ = ["Subscriber", "read_messages", "FrameMessage", "EndOfStream"]
+
+
+class Subscriber:
+    """A SUB (or PULL) socket that yields decoded messages.
+
+    ``topics``: stream ids to receive (SUB only; ``None`` = all). ``mode="connect"`` (default) pairs
+    with a sink that binds. Iteration ends after ``timeout_s`` seconds without a message (``None`` =
+    wait forever) or, with ``stop_after_eos``, once that many streams have ended.
+    """
+
+    def __init__(
+        self,
+        endpoint: str,
+        topics: list[str] | None = None,
+        kind: Literal["sub", "pull"] = "sub",
+        mode: Literal["connect", "bind"] = "connect",
+        timeout_s: float | None = 5.0,
+        stop_after_eos: int | None = None,
+        hwm: int = 10_000,
+    ):
+        if kind not in ("sub", "pull"):
+            raise ValueError(f"kind must be 'sub' or 'pull', not {kind!r}")
+        if topics and kind == "pull":
+            raise ValueError("topics filter needs kind='sub' (PULL receives everything)")
+        self.endpoint = endpoint
+        self.timeout_s = timeout_s
+        self.stop_after_eos = stop_after_eos
+        self.socket = zmq.Context.instance().socket(zmq.SUB if kind == "sub" else zmq.PULL)
+        self.socket.setsockopt(zmq.RCVHWM, hwm)
+        self.socket.setsockopt(zmq.LINGER, 0)
+        if kind == "sub":
+            for topic in topics or [""]:
+                self.socket.setsockopt(zmq.SUBSCRIBE, topic.encode())
+        if mode == "bind":  # "tcp://127.0.0.1:*" picks a free port; ``endpoint`` then says which
+            self.socket.bind(endpoint)
+            self.endpoint = self.socket.getsockopt_string(zmq.LAST_ENDPOINT)
+        else:
+            self.socket.connect(endpoint)
+
+    def recv(self, timeout_s: float | None = None) -> Message:
+        """The next message; raises ``TimeoutError`` after ``timeout_s`` (default: the instance's)."""
+        timeout = self.timeout_s if timeout_s is None else timeout_s
+        if timeout is not None and not self.socket.poll(int(timeout * 1000)):
+            raise TimeoutError(f"no message from {self.endpoint} within {timeout:g} s")
+        parts = self.socket.recv_multipart()
+        return decode(parts[-1])  # [topic, payload]; payload is always last
+
+    def __iter__(self) -> Iterator[Message]:
+        ended = 0
+        while True:
+            try:
+                msg = self.recv()
+            except TimeoutError:
+                return
+            yield msg
+            if isinstance(msg, EndOfStream):
+                ended += 1
+                if self.stop_after_eos is not None and ended >= self.stop_after_eos:
+                    return
+
+    def close(self) -> None:
+        self.socket.close(0)
+
+    def __enter__(self) -> Subscriber:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def read_messages(path: str | Path) -> Iterator[Message]:
+    """Messages of a ``file_sink`` file (``.msgpack`` or ``.jsonl``), in order."""
+    path = Path(path)
+    if path.suffix == ".jsonl":
+        with open(path, encoding="utf-8") as f:
+            for line in f:
+                if line.strip():
+                    yield decode_obj(json.loads(line), arrays_as_lists=True)
+        return
+    with open(path, "rb") as f:
+        for obj in msgpack.Unpacker(f, raw=False):
+            yield decode_obj(obj)

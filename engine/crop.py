@@ -1,0 +1,138 @@
+"""The face-crop convention shared by training and the engine.
+
+A crop is a square region of interest ``roi = (x0, y0, x1, y1)`` in image pixels, resampled to a
+``size x size`` model input. Pixel coordinates follow OpenCV: the centre of pixel ``(i, j)`` is at
+``(x=j, y=i)``, so an image of width W spans ``[-0.5, W - 0.5]``. The roi edges map onto the crop's
+edges ``-0.5`` and ``size - 0.5``; the crop camera's principal point is therefore ``(size - 1) / 2``.
+
+Two ways to get a roi (constants chosen so both frame brows to chin with a margin, and roughly agree):
+- from a detector box (CenterFace ``x1y1x2y2``): centre shifted down by ``BOX_SHIFT`` of the box size
+  (detector boxes include the forehead, landmarks end at the chin), side ``BOX_SCALE`` x box size;
+- from previous-frame landmarks: the bounding box of the 68 points (brows to chin), side
+  ``LANDMARK_SCALE`` x its larger side, centred on it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import numpy as np
+
+# Detector box -> square: 3DDFA_V2 uses 1.58 and 0.14 for FaceBoxes; CenterFace boxes are slightly
+# taller (they reach the hairline), so a smaller shift keeps the brows inside.
+BOX_SCALE = 1.5
+BOX_SHIFT = 0.1
+# The 68-point bbox is smaller than a detector box (no forehead): a larger factor gives about the
+# same framing as BOX_SCALE on a detector box.
+LANDMARK_SCALE = 1.6
+
+
+@dataclass(frozen=True)
+class CropConvention:
+    """The constants above, as stored in a model bundle's manifest."""
+
+    box_scale: float = BOX_SCALE
+    box_shift: float = BOX_SHIFT
+    landmark_scale: float = LANDMARK_SCALE
+    pixel_centers: str = "integer"  # OpenCV: pixel (i, j) centre at (j, i)
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def roi_from_box(box, scale: float = BOX_SCALE, shift: float = BOX_SHIFT) -> np.ndarray:
+    """(..., 4) x1y1x2y2 detector box(es) -> (..., 4) square roi(s)."""
+    b = np.asarray(box, dtype=np.float64)
+    w, h = b[..., 2] - b[..., 0], b[..., 3] - b[..., 1]
+    size = (w + h) / 2.0
+    cx = (b[..., 0] + b[..., 2]) / 2.0
+    cy = (b[..., 1] + b[..., 3]) / 2.0 + shift * size
+    return _square(cx, cy, scale * size)
+
+
+def roi_from_landmarks(landmarks, scale: float = LANDMARK_SCALE) -> np.ndarray:
+    """(..., 68, 2) landmarks in image pixels -> (..., 4) square roi(s) around their bounding box."""
+    p = np.asarray(landmarks, dtype=np.float64)
+    lo, hi = p.min(axis=-2), p.max(axis=-2)
+    centre = (lo + hi) / 2.0
+    side = scale * np.max(hi - lo, axis=-1)
+    return _square(centre[..., 0], centre[..., 1], side)
+
+
+def _square(cx, cy, side) -> np.ndarray:
+    half = np.asarray(side) / 2.0
+    return np.stack([cx - half, cy - half, cx + half, cy + half], axis=-1)
+
+
+def jitter_roi(roi, rng: np.random.Generator, shift: float, scale: float) -> np.ndarray:
+    """Random square roi around ``roi``: centre moved by up to ``shift`` x side, side x U(1-scale, 1+scale)."""
+    r = np.asarray(roi, dtype=np.float64)
+    side = r[2] - r[0]
+    cx, cy = (r[0] + r[2]) / 2 + rng.uniform(-shift, shift, 2) * side
+    return _square(cx, cy, side * rng.uniform(1.0 - scale, 1.0 + scale))
+
+
+def crop_matrix(roi, size: int) -> np.ndarray:
+    """(3, 3) affine mapping image pixels -> crop pixels for a square ``roi`` resampled to ``size``."""
+    x0, y0, x1, y1 = (float(v) for v in roi)
+    sx, sy = size / (x1 - x0), size / (y1 - y0)
+    # image edge x0 -> crop edge -0.5 (integer pixel centres on both sides)
+    return np.array(
+        [[sx, 0.0, -0.5 - x0 * sx], [0.0, sy, -0.5 - y0 * sy], [0.0, 0.0, 1.0]], dtype=np.float64
+    )
+
+
+def transform_points(M: np.ndarray, points) -> np.ndarray:
+    """Apply a (3, 3) affine to (..., 2) points."""
+    p = np.asarray(points, dtype=np.float64)
+    return p @ M[:2, :2].T + M[:2, 2]
+
+
+def crop_to_image(M: np.ndarray, points) -> np.ndarray:
+    """Map (..., 2) crop-pixel points back to image pixels (inverse of ``crop_matrix``)."""
+    return transform_points(np.linalg.inv(M), points)
+
+
+def warp_crop(image: np.ndarray, M: np.ndarray, size: int, fill: int = 0) -> np.ndarray:
+    """Bilinear resample of an HxWx3 uint8 image into a ``size x size`` crop given image->crop ``M``.
+
+    Pure numpy (the engine has no OpenCV). Pixels outside the image get ``fill``. When the crop is
+    much smaller than the roi (downscaling by more than 2x) the image is first box-filtered so the
+    bilinear samples do not alias.
+    """
+    if image.ndim != 3 or image.dtype != np.uint8:
+        raise ValueError(f"warp_crop expects an HxWxC uint8 image, got {image.shape} {image.dtype}")
+    Minv = np.linalg.inv(M)
+    step = float(np.sqrt(abs(np.linalg.det(Minv[:2, :2]))))  # image pixels per crop pixel
+    src = image
+    factor = int(step // 2)
+    if factor >= 2:  # integer box-downscale, then adjust the mapping to the smaller image
+        # pad (edge values) to a multiple of the factor rather than trim: trimming would put a
+        # black border inside the image
+        ph, pw = -image.shape[0] % factor, -image.shape[1] % factor
+        padded = np.pad(image, ((0, ph), (0, pw), (0, 0)), mode="edge")
+        h, w = padded.shape[:2]
+        src = padded.reshape(h // factor, factor, w // factor, factor, -1).mean(axis=(1, 3))
+        down = np.array([[1 / factor, 0, 0.5 / factor - 0.5], [0, 1 / factor, 0.5 / factor - 0.5], [0, 0, 1]])
+        Minv = down @ Minv
+    grid = np.arange(size, dtype=np.float64)
+    gx, gy = np.meshgrid(grid, grid)
+    xs = Minv[0, 0] * gx + Minv[0, 1] * gy + Minv[0, 2]
+    ys = Minv[1, 0] * gx + Minv[1, 1] * gy + Minv[1, 2]
+    H, W = src.shape[:2]
+    x0, y0 = np.floor(xs).astype(np.int64), np.floor(ys).astype(np.int64)
+    fx, fy = (xs - x0)[..., None], (ys - y0)[..., None]
+    srcf = src.astype(np.float32)
+
+    def tap(yy, xx):
+        inside = ((xx >= 0) & (xx < W) & (yy >= 0) & (yy < H))[..., None]
+        v = srcf[np.clip(yy, 0, H - 1), np.clip(xx, 0, W - 1)]
+        return np.where(inside, v, np.float32(fill))
+
+    out = (
+        tap(y0, x0) * (1 - fx) * (1 - fy)
+        + tap(y0, x0 + 1) * fx * (1 - fy)
+        + tap(y0 + 1, x0) * (1 - fx) * fy
+        + tap(y0 + 1, x0 + 1) * fx * fy
+    )
+    return np.clip(out + 0.5, 0, 255).astype(np.uint8)

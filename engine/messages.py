@@ -1,0 +1,232 @@
+"""Versioned per-frame message schema: what sinks send and subscribers decode.
+
+Wire format (msgpack map, one per frame)::
+
+    {"type": "frame", "version": [1, 0], "stream": "cam0", "index": 12, "pts": 0.48,
+     "time": 1712.3, "size": [640, 480],
+     "faces": [{"box": ARRAY, "score": 0.98, "keypoints": ARRAY, "track_id": 3,
+                "landmarks_2d": ARRAY, ...}]}
+
+An ARRAY is ``{"dtype": "<f4", "shape": [68, 2], "data": <raw little-endian bytes>}`` (never nested
+lists, so decoding is one ``np.frombuffer``). Optional face fields that a pipeline did not compute are
+omitted, not sent as nil. When a stream ends, sinks send one end-of-stream message::
+
+    {"type": "eos", "version": [1, 0], "stream": "cam0", "frames": 250}
+
+``frames`` is how many frame messages the sink emitted for that stream, so a subscriber can tell
+whether it missed any. Compatibility: a decoder accepts any minor version of its major version
+(unknown keys are ignored) and rejects other major versions with :class:`SchemaVersionError`.
+The JSON form (JSONL file sink) is the same map with arrays as nested lists.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, fields
+from typing import Any
+
+import msgpack
+import numpy as np
+
+from engine.frame import Face, Frame
+
+SCHEMA_VERSION: tuple[int, int] = (1, 0)
+
+# Face fields sent as arrays, with the dtype they are sent in (None: keep the array's own dtype).
+_ARRAY_FIELDS: dict[str, str] = {
+    "box": "<f4",
+    "keypoints": "<f4",
+    "landmarks_2d": "<f4",
+    "landmarks_3d": "<f4",
+    "landmarks_canonical": "<f4",
+    "rotation": "<f4",
+    "euler": "<f4",
+    "translation": "<f4",
+    "confidence": "<f4",
+    "visibility": "|b1",
+}
+_OPTIONAL_FIELDS = [f.name for f in fields(Face) if f.name not in ("box", "score", "keypoints")]
+
+
+class SchemaVersionError(ValueError):
+    """A message from an incompatible (different major) schema version."""
+
+
+class MessageError(ValueError):
+    """A message that is not a valid engine message (missing keys, bad array)."""
+
+
+@dataclass
+class FrameMessage:
+    """A decoded per-frame message. ``faces`` are :class:`engine.frame.Face` with numpy arrays."""
+
+    stream_id: str
+    index: int
+    pts: float | None
+    time: float
+    width: int
+    height: int
+    faces: list[Face] = field(default_factory=list)
+    version: tuple[int, int] = SCHEMA_VERSION
+
+
+@dataclass
+class EndOfStream:
+    """Sent once when a stream ends; ``frames`` = frame messages the sender emitted for it."""
+
+    stream_id: str
+    frames: int
+    version: tuple[int, int] = SCHEMA_VERSION
+
+
+Message = FrameMessage | EndOfStream
+
+
+# ---------------------------------------------------------------- arrays
+
+
+def pack_array(value: Any, dtype: str) -> dict[str, Any]:
+    arr = np.ascontiguousarray(np.asarray(value), dtype=np.dtype(dtype))
+    return {"dtype": arr.dtype.str, "shape": list(arr.shape), "data": arr.tobytes()}
+
+
+def unpack_array(obj: Any, key: str) -> np.ndarray:
+    try:
+        dtype = np.dtype(obj["dtype"])
+        shape = tuple(int(s) for s in obj["shape"])
+        data = obj["data"]
+    except (KeyError, TypeError) as exc:
+        raise MessageError(f"{key}: expected an array map with dtype, shape and data") from exc
+    if dtype.kind not in "biuf":  # never let a message choose an object dtype
+        raise MessageError(f"{key}: unsupported dtype {obj['dtype']!r}")
+    arr = np.frombuffer(data, dtype=dtype)
+    if arr.size != int(np.prod(shape)):
+        raise MessageError(f"{key}: {arr.size} values do not fit shape {list(shape)}")
+    return arr.reshape(shape).astype(dtype.newbyteorder("="), copy=True)
+
+
+# ---------------------------------------------------------------- encode
+
+
+def _face_obj(face: Face, array: Any) -> dict[str, Any]:
+    obj: dict[str, Any] = {
+        "box": array(face.box, _ARRAY_FIELDS["box"]),
+        "score": float(face.score),
+        "keypoints": array(face.keypoints, _ARRAY_FIELDS["keypoints"]),
+    }
+    for name in _OPTIONAL_FIELDS:
+        value = getattr(face, name)
+        if value is None:
+            continue
+        obj[name] = int(value) if name == "track_id" else array(value, _ARRAY_FIELDS[name])
+    return obj
+
+
+def frame_obj(frame: Frame | FrameMessage, json_arrays: bool = False) -> dict[str, Any]:
+    """The message map of a frame, or of a decoded frame message (re-encoding it, e.g. to save it).
+    ``json_arrays``: arrays as nested lists for JSON."""
+    array = _list_array if json_arrays else pack_array
+    width, height = frame.size if isinstance(frame, Frame) else (frame.width, frame.height)
+    return {
+        "type": "frame",
+        "version": list(SCHEMA_VERSION),
+        "stream": frame.stream_id,
+        "index": int(frame.index),
+        "pts": None if frame.pts is None else float(frame.pts),
+        "time": float(frame.time),
+        "size": [width, height],
+        "faces": [_face_obj(face, array) for face in frame.faces],
+    }
+
+
+def eos_obj(stream_id: str, frames: int) -> dict[str, Any]:
+    return {"type": "eos", "version": list(SCHEMA_VERSION), "stream": stream_id, "frames": int(frames)}
+
+
+def _list_array(value: Any, dtype: str) -> list:
+    return np.asarray(value, dtype=np.dtype(dtype)).tolist()
+
+
+def encode(frame: Frame) -> bytes:
+    """One frame as a msgpack message."""
+    return msgpack.packb(frame_obj(frame), use_bin_type=True)
+
+
+def encode_eos(stream_id: str, frames: int) -> bytes:
+    return msgpack.packb(eos_obj(stream_id, frames), use_bin_type=True)
+
+
+# ---------------------------------------------------------------- decode
+
+
+def _check_version(obj: dict[str, Any]) -> tuple[int, int]:
+    try:
+        major, minor = (int(v) for v in obj["version"])
+    except (KeyError, TypeError, ValueError) as exc:
+        raise MessageError("message has no valid 'version' [major, minor]") from exc
+    if major != SCHEMA_VERSION[0]:
+        raise SchemaVersionError(
+            f"message schema version {major}.{minor} is not supported: this decoder reads "
+            f"{SCHEMA_VERSION[0]}.x (installed facelift-engine); use a matching engine version"
+        )
+    return major, minor
+
+
+def _face_from_obj(obj: dict[str, Any], key: str, arrays_as_lists: bool) -> Face:
+    def arr(name: str) -> np.ndarray:
+        if arrays_as_lists:
+            return np.asarray(obj[name], dtype=np.dtype(_ARRAY_FIELDS[name]).newbyteorder("="))
+        return unpack_array(obj[name], f"{key}.{name}")
+
+    try:
+        face = Face(box=arr("box"), score=float(obj["score"]), keypoints=arr("keypoints"))
+    except KeyError as exc:
+        raise MessageError(f"{key}: missing key {exc.args[0]!r}") from exc
+    for name in _OPTIONAL_FIELDS:
+        if obj.get(name) is not None:
+            setattr(face, name, int(obj[name]) if name == "track_id" else arr(name))
+    return face
+
+
+def decode_obj(obj: dict[str, Any], arrays_as_lists: bool = False) -> Message:
+    """A message map (from msgpack or JSON) as a :class:`FrameMessage` or :class:`EndOfStream`."""
+    if not isinstance(obj, dict):
+        raise MessageError(f"expected a message map, got {type(obj).__name__}")
+    version = _check_version(obj)
+    kind = obj.get("type")
+    try:
+        if kind == "eos":
+            return EndOfStream(stream_id=str(obj["stream"]), frames=int(obj["frames"]), version=version)
+        if kind == "frame":
+            width, height = (int(v) for v in obj["size"])
+            faces = [
+                _face_from_obj(f, f"faces[{i}]", arrays_as_lists) for i, f in enumerate(obj["faces"])
+            ]
+            return FrameMessage(
+                stream_id=str(obj["stream"]),
+                index=int(obj["index"]),
+                pts=None if obj.get("pts") is None else float(obj["pts"]),
+                time=float(obj["time"]),
+                width=width,
+                height=height,
+                faces=faces,
+                version=version,
+            )
+    except KeyError as exc:
+        raise MessageError(f"{kind} message: missing key {exc.args[0]!r}") from exc
+    raise MessageError(f"unknown message type {kind!r} (expected 'frame' or 'eos')")
+
+
+def decode(data: bytes) -> Message:
+    """Decode one msgpack message (see the module docstring for the schema)."""
+    try:
+        obj = msgpack.unpackb(data, raw=False)
+    except Exception as exc:
+        raise MessageError(f"not a msgpack message: {exc}") from exc
+    return decode_obj(obj)
+
+
+def to_json_obj(message: Frame | Message) -> dict[str, Any]:
+    """JSON-ready form of a frame or message (arrays as nested lists), for JSONL files."""
+    if isinstance(message, EndOfStream):
+        return eos_obj(message.stream_id, message.frames)
+    return frame_obj(message, json_arrays=True)

@@ -1,0 +1,216 @@
+"""Run metrics: per-stage fps, latency and queue depth, per-stream counts, Prometheus, run summary.
+
+Every thread of the runtime records into one :class:`Metrics` object (a lock keeps it consistent).
+``log_line()`` summarises the last interval; ``summary()`` the whole run. With a ``metrics_port`` the
+same numbers are exported through prometheus-client on a private registry (so several pipelines in
+one process do not collide).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import defaultdict
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class StreamStats:
+    frames: int = 0  # frames that reached the sinks
+    faces: int = 0
+    drops: int = 0  # frames dropped by a drop-oldest queue (live sources)
+    errors: int = 0  # stage/sink failures on this stream's frames, plus skipped inputs
+    total_frames: int | None = None  # known length (file sources), for progress
+    ended: bool = False
+
+
+@dataclass
+class StageStats:
+    frames: int = 0
+    batches: int = 0
+    errors: int = 0
+    busy_s: float = 0.0
+    window_frames: int = 0
+    window_latency_ms: list[float] = field(default_factory=list)
+
+
+class Metrics:
+    def __init__(self, pipeline: str = "pipeline", port: int | None = None):
+        self.pipeline = pipeline
+        self._lock = threading.Lock()
+        self.streams: dict[str, StreamStats] = defaultdict(StreamStats)
+        self.stages: dict[str, StageStats] = {}
+        self.queue_depth: dict[str, Callable[[], int]] = {}  # stage name -> callable giving its input depth
+        self.source_errors: dict[str, list[str]] = {}
+        self.started = time.monotonic()
+        self.finished: float | None = None
+        self._window_start = self.started
+        self._window_e2e_ms: list[float] = []  # decode -> sinks, per frame
+        self.registry = CollectorRegistry()
+        labels = ["pipeline", "stage"]
+        self._p_frames = Counter("engine_stage_frames", "Frames processed by a stage", labels, registry=self.registry)
+        self._p_errors = Counter("engine_stage_errors", "Failed stage batches", labels, registry=self.registry)
+        self._p_latency = Histogram(
+            "engine_stage_batch_seconds",
+            "Stage processing time per batch",
+            labels,
+            registry=self.registry,
+            buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5),
+        )
+        self._p_depth = Gauge("engine_queue_depth", "Frames waiting in a stage's input queue", labels, registry=self.registry)
+        slabels = ["pipeline", "stream"]
+        self._p_out = Counter("engine_stream_frames", "Frames delivered to sinks", slabels, registry=self.registry)
+        self._p_faces = Counter("engine_stream_faces", "Faces delivered to sinks", slabels, registry=self.registry)
+        self._p_drops = Counter("engine_stream_dropped_frames", "Frames dropped (live sources)", slabels, registry=self.registry)
+        self._p_e2e = Histogram(
+            "engine_end_to_end_seconds",
+            "Time from decode to the sinks, per frame",
+            ["pipeline"],
+            registry=self.registry,
+            buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0),
+        )
+        self._server = None
+        if port is not None:
+            self._server, _ = start_http_server(port, addr="127.0.0.1", registry=self.registry)
+            log.info("Prometheus metrics on http://127.0.0.1:%d/metrics", port)
+
+    # ------------------------------------------------------------ recording
+
+    def add_stage(self, name: str, depth: Callable[[], int]) -> None:
+        self.stages[name] = StageStats()
+        self.queue_depth[name] = depth
+
+    def stage_batch(self, stage: str, n: int, seconds: float, failed: bool = False) -> None:
+        with self._lock:
+            s = self.stages[stage]
+            s.frames += n
+            s.batches += 1
+            s.busy_s += seconds
+            s.window_frames += n
+            s.window_latency_ms.append(seconds * 1000.0)
+            if failed:
+                s.errors += 1
+        self._p_frames.labels(self.pipeline, stage).inc(n)
+        self._p_latency.labels(self.pipeline, stage).observe(seconds)
+        if failed:
+            self._p_errors.labels(self.pipeline, stage).inc()
+
+    def stream_errors(self, stream_id: str, n: int = 1) -> None:
+        with self._lock:
+            self.streams[stream_id].errors += n
+
+    def delivered(self, stream_id: str, faces: int, latency_s: float) -> None:
+        with self._lock:
+            st = self.streams[stream_id]
+            st.frames += 1
+            st.faces += faces
+            self._window_e2e_ms.append(latency_s * 1000.0)
+        self._p_e2e.labels(self.pipeline).observe(latency_s)
+        self._p_out.labels(self.pipeline, stream_id).inc()
+        self._p_faces.labels(self.pipeline, stream_id).inc(faces)
+
+    def dropped(self, stream_id: str) -> None:
+        with self._lock:
+            self.streams[stream_id].drops += 1
+        self._p_drops.labels(self.pipeline, stream_id).inc()
+
+    def stream_total(self, stream_id: str, total: int | None) -> None:
+        with self._lock:
+            self.streams[stream_id].total_frames = total
+
+    def stream_ended(self, stream_id: str) -> None:
+        with self._lock:
+            self.streams[stream_id].ended = True
+
+    # ------------------------------------------------------------ reporting
+
+    def log_line(self) -> str:
+        """One line for the last interval: per stage fps, mean/p95 batch latency, queue depth."""
+        now = time.monotonic()
+        dt = max(now - self._window_start, 1e-9)
+        self._window_start = now
+        parts = []
+        with self._lock:
+            for name, s in self.stages.items():
+                lat = np.asarray(s.window_latency_ms) if s.window_latency_ms else np.zeros(1)
+                depth = self.queue_depth[name]()
+                self._p_depth.labels(self.pipeline, name).set(depth)
+                parts.append(
+                    f"{name}: {s.window_frames / dt:.1f} fps, batch mean {lat.mean():.1f} ms "
+                    f"p95 {np.percentile(lat, 95):.1f} ms, queue {depth}"
+                )
+                s.window_frames = 0
+                s.window_latency_ms = []
+            if self._window_e2e_ms:
+                e2e = np.asarray(self._window_e2e_ms)
+                parts.append(f"end-to-end mean {e2e.mean():.0f} ms p95 {np.percentile(e2e, 95):.0f} ms")
+                self._window_e2e_ms = []
+            streams = [
+                f"{sid} {st.frames}" + (f"/{st.total_frames}" if st.total_frames else "") + " frames"
+                + (f", {st.drops} dropped" if st.drops else "")
+                for sid, st in self.streams.items()
+            ]
+        return " | ".join(parts + streams)
+
+    def summary(self) -> dict[str, Any]:
+        """Per stream frames/faces/drops/errors; per stage totals; total fps and wall time."""
+        end = self.finished if self.finished is not None else time.monotonic()
+        wall = end - self.started
+        with self._lock:
+            streams = {
+                sid: {"frames": st.frames, "faces": st.faces, "drops": st.drops, "errors": st.errors}
+                for sid, st in sorted(self.streams.items())
+            }
+            stages = {
+                name: {
+                    "frames": s.frames,
+                    "batches": s.batches,
+                    "errors": s.errors,
+                    "mean_batch_ms": round(1000 * s.busy_s / s.batches, 2) if s.batches else None,
+                }
+                for name, s in self.stages.items()
+            }
+        frames = sum(s["frames"] for s in streams.values())
+        return {
+            "pipeline": self.pipeline,
+            "wall_time_s": round(wall, 3),
+            "frames": frames,
+            "fps": round(frames / wall, 2) if wall > 0 else 0.0,
+            "streams": streams,
+            "stages": stages,
+            "source_errors": {k: v for k, v in self.source_errors.items() if v},
+        }
+
+    def close(self) -> None:
+        self.finished = self.finished or time.monotonic()
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+            self._server = None
+
+
+def format_summary(summary: dict[str, Any]) -> str:
+    """Human-readable run summary (what ``python -m engine run`` prints)."""
+    lines = [
+        f"pipeline {summary['pipeline']}: {summary['frames']} frames in {summary['wall_time_s']:.2f} s "
+        f"({summary['fps']:.1f} fps)"
+    ]
+    for sid, s in summary["streams"].items():
+        lines.append(
+            f"  stream {sid}: {s['frames']} frames, {s['faces']} faces, {s['drops']} dropped, {s['errors']} errors"
+        )
+    for name, s in summary["stages"].items():
+        mean = "-" if s["mean_batch_ms"] is None else f"{s['mean_batch_ms']:.1f} ms"
+        lines.append(f"  stage {name}: {s['frames']} frames in {s['batches']} batches ({mean}/batch), {s['errors']} errors")
+    for source, errs in summary.get("source_errors", {}).items():
+        for err in errs:
+            lines.append(f"  source {source}: {err}")
+    return "\n".join(lines)

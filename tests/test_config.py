@@ -1,0 +1,99 @@
+"""pipeline.toml validation: every error names its key path, the problem and the allowed values."""
+
+from pathlib import Path
+
+import pytest
+
+from engine.assets import REPO_ROOT
+from engine.config import ConfigError, load_config
+
+GOOD = """
+[pipeline]
+name = "t"
+queue_size = 8
+
+[[sources]]
+type = "file"
+id = "a"
+path = "x.mp4"
+
+[[stages]]
+type = "centerface"
+
+[[sinks]]
+type = "file_sink"
+directory = "out"
+
+[[sinks]]
+type = "zmq_push"
+endpoint = "tcp://127.0.0.1:5999"
+hwm = 10
+"""
+
+
+def _errors(tmp_path: Path, text: str) -> list[str]:
+    path = tmp_path / "pipeline.toml"
+    path.write_text(text)
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    assert str(path) in str(info.value)
+    return info.value.errors
+
+
+def test_default_pipeline_toml_is_valid():
+    config = load_config(REPO_ROOT / "pipeline.toml")
+    assert [s.type for s in config.sources] == ["file"]
+    assert [s.type for s in config.stages] == ["centerface"]
+    assert {s.type for s in config.sinks} == {"file_sink", "zmq_pub"}
+    assert config.pipeline.metrics_port is None
+
+
+def test_good_config_builds_typed_options(tmp_path):
+    path = tmp_path / "p.toml"
+    path.write_text(GOOD)
+    config = load_config(path)
+    assert config.pipeline.queue_size == 8 and config.sources[0].id == "a"
+    assert config.sinks[1].options.hwm == 10 and config.sinks[0].options.directory == Path("out")
+
+
+def test_unknown_key_names_path_and_allowed_keys(tmp_path):
+    (err,) = _errors(tmp_path, GOOD.replace("hwm = 10", "hwm = 10\nhwn = 3"))
+    assert err.startswith("sinks[1].hwn: unknown key") and "endpoint" in err and "hwm" in err
+
+
+def test_wrong_type_and_bad_value(tmp_path):
+    text = GOOD.replace("hwm = 10", 'hwm = "lots"').replace("queue_size = 8", "queue_size = 0")
+    errors = _errors(tmp_path, text)
+    assert any(e.startswith("sinks[1].hwm:") and "integer" in e for e in errors), errors
+    assert any(e.startswith("pipeline.queue_size:") and "greater than or equal to 1" in e for e in errors)
+    (err,) = _errors(tmp_path, GOOD.replace('directory = "out"', 'format = "csv"'))
+    assert err.startswith("sinks[0].format:") and "'msgpack' or 'jsonl'" in err
+
+
+def test_unknown_plugin_lists_installed(tmp_path):
+    (err,) = _errors(tmp_path, GOOD.replace('type = "file_sink"', 'type = "file_snk"'))
+    assert err.startswith("sinks[0].type: unknown sink plugin 'file_snk'")
+    assert "file_sink" in err and "zmq_pub" in err and "zmq_push" in err
+    (err,) = _errors(tmp_path, GOOD.replace('type = "centerface"', 'type = "file_sink"'))
+    assert err.startswith("stages[0].type: unknown stage plugin 'file_sink'") and "centerface" in err
+
+
+def test_duplicate_source_id_and_missing_id(tmp_path):
+    dup = GOOD + '\n[[sources]]\ntype = "file"\nid = "a"\npath = "y.mp4"\n'
+    (err,) = _errors(tmp_path, dup)
+    assert err == "sources[1].id: duplicate source id 'a' (also sources[0].id)"
+    (err,) = _errors(tmp_path, GOOD.replace('id = "a"\n', ""))
+    assert err.startswith("sources[0].id: required")
+
+
+def test_unknown_top_level_and_pipeline_keys(tmp_path):
+    errors = _errors(tmp_path, "[pipline]\n" + GOOD.replace('name = "t"', 'name = "t"\nlog_levl = "INFO"'))
+    assert any(e.startswith("pipline: unknown key") for e in errors)
+    assert any(e.startswith("pipeline.log_levl: unknown key") and "log_level" in e for e in errors)
+
+
+def test_not_toml_and_missing_file(tmp_path):
+    (err,) = _errors(tmp_path, "[[sources]\n")
+    assert err.startswith("not valid TOML")
+    with pytest.raises(ConfigError, match="file not found"):
+        load_config(tmp_path / "nope.toml")

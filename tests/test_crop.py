@@ -1,0 +1,60 @@
+import numpy as np
+import pytest
+
+from engine.crop import (
+    crop_matrix, crop_to_image, jitter_roi, roi_from_box, roi_from_landmarks, transform_points, warp_crop,
+)
+
+
+def test_roi_from_box_is_square_shifted_down():
+    roi = roi_from_box([100, 50, 200, 170])
+    assert roi[2] - roi[0] == pytest.approx(roi[3] - roi[1]) == pytest.approx(1.5 * 110)
+    assert (roi[0] + roi[2]) / 2 == pytest.approx(150)
+    assert (roi[1] + roi[3]) / 2 == pytest.approx(110 + 0.1 * 110)  # below the box centre
+
+
+def test_roi_from_landmarks_contains_points():
+    rng = np.random.default_rng(0)
+    pts = rng.uniform([40, 60], [120, 160], (68, 2))
+    roi = roi_from_landmarks(pts)
+    assert roi[2] - roi[0] == pytest.approx(roi[3] - roi[1])
+    assert (pts >= roi[:2]).all() and (pts <= roi[2:]).all()
+    batch = roi_from_landmarks(np.stack([pts, pts + 5]))
+    assert np.allclose(batch[1] - batch[0], 5)
+
+
+def test_crop_matrix_maps_roi_edges_and_inverts():
+    M = crop_matrix([10, 20, 110, 120], 50)
+    # roi edges -> crop edges (-0.5, size - 0.5); centre -> (size - 1) / 2
+    assert np.allclose(transform_points(M, [[10, 20], [110, 120], [60, 70]]), [[-0.5, -0.5], [49.5, 49.5], [24.5, 24.5]])
+    pts = np.random.default_rng(1).uniform(0, 200, (68, 2))
+    assert np.allclose(crop_to_image(M, transform_points(M, pts)), pts)
+
+
+@pytest.mark.parametrize("roi,size", [([30.3, 12.7, 90.3, 72.7], 48), ([0, 0, 200, 200], 32), ([-20, -10, 60, 70], 40)])
+def test_warp_crop_samples_the_mapped_pixel(roi, size):
+    # image whose red channel is x and green is y: a crop pixel must hold its image coordinates
+    H, W = 200, 220
+    ys, xs = np.mgrid[0:H, 0:W]
+    image = np.stack([xs % 256, ys % 256, np.full_like(xs, 200)], -1).astype(np.uint8)
+    M = crop_matrix(roi, size)
+    crop = warp_crop(image, M, size)
+    assert crop.shape == (size, size, 3) and crop.dtype == np.uint8
+    grid = np.stack(np.meshgrid(np.arange(size), np.arange(size)), -1).reshape(-1, 2)
+    src = crop_to_image(M, grid)
+    inside = (src[:, 0] >= 1) & (src[:, 0] < W - 2) & (src[:, 1] >= 1) & (src[:, 1] < H - 2)
+    got = crop.reshape(-1, 3)[inside]
+    assert np.abs(got[:, 0] - src[inside, 0]).max() <= 1.0
+    assert np.abs(got[:, 1] - src[inside, 1]).max() <= 1.0
+    outside = (src[:, 0] < -1) | (src[:, 1] < -1)
+    assert (crop.reshape(-1, 3)[outside] == 0).all()
+
+
+def test_jitter_roi_stays_square_and_bounded():
+    rng = np.random.default_rng(0)
+    base = np.array([0, 0, 100, 100.0])
+    for _ in range(20):
+        r = jitter_roi(base, rng, 0.05, 0.1)
+        side = r[2] - r[0]
+        assert side == pytest.approx(r[3] - r[1]) and 90 <= side <= 110
+        assert abs((r[0] + r[2]) / 2 - 50) <= 5.01

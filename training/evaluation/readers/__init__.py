@@ -1,0 +1,19 @@
+"""Readers for the evaluation sets, in the layouts users download them in (docs/evaluation.md)."""
+
+from training.evaluation.readers.aflw2000 import AFLW2000Reader
+from training.evaluation.readers.base import DatasetLayoutError, EvalSample, Reader
+from training.evaluation.readers.celebvhq import CelebVHQReader
+from training.evaluation.readers.dad3d import DAD3DHeadsReader
+from training.evaluation.readers.multiface import MultifaceReader
+
+READERS = {
+    "dad3d": DAD3DHeadsReader,
+    "multiface": MultifaceReader,
+    "aflw2000": AFLW2000Reader,
+    "celebvhq": CelebVHQReader,
+}
+
+__all__ = [
+    "AFLW2000Reader", "CelebVHQReader", "DAD3DHeadsReader", "DatasetLayoutError", "EvalSample",
+    "MultifaceReader", "READERS", "Reader",
+]

@@ -1,0 +1,285 @@
+"""Train the 3D landmark transformer: ``python -m training.train --config training/configs/x.toml
+[--out runs/x] [--resume]``.
+
+AdamW + linear warmup / cosine decay, bf16 autocast on CUDA (fp16 + GradScaler if bf16 is missing),
+fp32 on CPU. Checkpoints (``<out>/checkpoints/last.pt``, written atomically) every ``ckpt_every``
+steps, at the end and when ``max_minutes`` runs out; ``--resume`` restores model, optimiser, scheduler,
+scaler, RNG states and the data position, so an interrupted run ends with bit-identical weights (same
+device). TensorBoard logs in ``<out>/tb``; the latest validation figures in ``<out>/val.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import logging
+import math
+import os
+import platform
+import random
+import time
+import tomllib
+from pathlib import Path
+
+import numpy as np
+import torch
+from pydantic import BaseModel, ConfigDict, Field
+from torch.utils.data import DataLoader
+from tqdm import tqdm
+
+from plugins.landmarks.transformer import LandmarkTransformerConfig, create_model
+from training.data import MF, MV, DataConfig, FaceCrops, ResumableSampler, index_dataset, split_refs
+from training.losses import LossConfig, facelift_loss, geodesic
+
+log = logging.getLogger(__name__)
+
+
+class OptimConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    seed: int = 0
+    batch_size: int = 64
+    lr: float = 5e-4
+    weight_decay: float = 0.05
+    warmup_steps: int = 500
+    max_steps: int = 50_000
+    max_minutes: float | None = None  # stop (with a checkpoint) after this much wall time in this run
+    grad_clip: float = 1.0
+    amp: str = "auto"  # auto: bf16 on CUDA when supported, else fp16; never on CPU. "off" disables
+    ckpt_every: int = 1000
+    val_every: int = 1000
+    val_batches: int = 20
+    log_every: int = 50
+
+
+class TrainConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    model: LandmarkTransformerConfig = Field(default_factory=LandmarkTransformerConfig)
+    loss: LossConfig = Field(default_factory=LossConfig)
+    data: DataConfig
+    train: OptimConfig = Field(default_factory=OptimConfig)
+
+
+def load_config(path: str | Path) -> TrainConfig:
+    path = Path(path)
+    with open(path, "rb") as f:
+        raw = tomllib.load(f)
+    cfg = TrainConfig.model_validate(raw)
+    # dataset paths are relative to the config file's folder
+    base = path.resolve().parent
+    cfg.data.train = [str((base / p).resolve()) for p in cfg.data.train]
+    cfg.data.val = [str((base / p).resolve()) for p in cfg.data.val]
+    return cfg
+
+
+def data_manifest_hash(paths: list[str]) -> str:
+    h = hashlib.sha256()
+    for p in paths:
+        m = Path(p) / "manifest.json"
+        h.update(m.read_bytes() if m.exists() else p.encode())
+    return h.hexdigest()
+
+
+def lr_lambda(cfg: OptimConfig):
+    def f(step: int) -> float:
+        if step < cfg.warmup_steps:
+            return (step + 1) / cfg.warmup_steps
+        progress = (step - cfg.warmup_steps) / max(1, cfg.max_steps - cfg.warmup_steps)
+        return 0.5 * (1.0 + math.cos(math.pi * min(progress, 1.0)))
+
+    return f
+
+
+def amp_dtype(cfg: OptimConfig, device: torch.device) -> torch.dtype | None:
+    if device.type != "cuda" or cfg.amp == "off":
+        return None
+    if cfg.amp in ("auto", "bf16") and torch.cuda.is_bf16_supported():
+        return torch.bfloat16
+    return torch.float16
+
+
+def normals_tensor() -> torch.Tensor:
+    from training.masks import normals_template
+
+    return torch.tensor(np.array(normals_template()), dtype=torch.float32)
+
+
+def _to(batch: dict, device: torch.device) -> dict:
+    return {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+
+
+@torch.no_grad()
+def validate(model, loader, device, max_batches: int) -> dict[str, float]:
+    """NME (% of sqrt(w h) of the GT landmark box), 3D error (cm), pose error (deg) on held-out MV;
+    NME vs the teacher on held-out MF frames."""
+    model.eval()
+    sums: dict[str, list[float]] = {"mv_nme": [], "mv_3d_cm": [], "mv_pose_deg": [], "mf_nme": []}
+    for i, batch in enumerate(loader):
+        if i >= max_batches:
+            break
+        batch = _to(batch, device)
+        pred = model(batch["image"])
+        err = (pred["landmarks_2d"] - batch["landmarks_2d"]).norm(dim=-1).mean(-1) / batch["norm"] * 100
+        mv, mf = batch["kind"] == MV, batch["kind"] == MF
+        sums["mv_nme"] += err[mv].tolist()
+        sums["mf_nme"] += err[mf].tolist()
+        e3 = (pred["landmarks_3d"] - batch["landmarks_3d"]).norm(dim=-1).mean(-1)
+        sums["mv_3d_cm"] += e3[mv].tolist()
+        sums["mv_pose_deg"] += torch.rad2deg(geodesic(pred["rotation"], batch["rotation"]))[mv].tolist()
+    model.train()
+    return {k: float(np.mean(v)) for k, v in sums.items() if v}
+
+
+def rng_state() -> dict:
+    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def save_checkpoint(path: Path, **payload) -> None:
+    """Atomic: a run killed mid-write leaves the previous checkpoint intact."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    torch.save(payload, tmp)
+    os.replace(tmp, path)
+
+
+def train(cfg: TrainConfig, out: str | Path, resume: bool = False, stop_after: int | None = None) -> Path:
+    """Run (or continue) training; returns the checkpoint path. ``stop_after``: stop at this step
+    (with a checkpoint) as if the run had been cut off, without changing the schedule."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    ckpt_path = out / "checkpoints" / "last.pt"
+    tc = cfg.train
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    random.seed(tc.seed)
+    np.random.seed(tc.seed)
+    torch.manual_seed(tc.seed)
+
+    refs = [r for p in cfg.data.train for r in index_dataset(p)]
+    train_refs, val_refs = split_refs(refs, cfg.data, cfg.loss.mode)
+    val_refs += [r for p in cfg.data.val for r in index_dataset(p)]
+    m = cfg.model
+    train_ds = FaceCrops(train_refs, m.img_size, m.k0(), m.mean, m.std, cfg.data.augment, seed=tc.seed)
+    val_ds = FaceCrops(val_refs, m.img_size, m.k0(), m.mean, m.std) if val_refs else None
+    log.info("train samples %d, val samples %d, device %s", len(train_ds), len(val_refs), device)
+
+    model = create_model(m).to(device)
+    opt = torch.optim.AdamW(model.parameters(), lr=tc.lr, weight_decay=tc.weight_decay)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(tc))
+    dtype = amp_dtype(tc, device)
+    scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
+    normals = normals_tensor().to(device)
+    step, elapsed, val_figures = 0, 0.0, {}
+    if resume and ckpt_path.exists():
+        ck = torch.load(ckpt_path, map_location=device, weights_only=False)
+        model.load_state_dict(ck["model"])
+        opt.load_state_dict(ck["optimizer"])
+        sched.load_state_dict(ck["scheduler"])
+        scaler.load_state_dict(ck["scaler"])
+        set_rng_state(ck["rng"])
+        step, elapsed, val_figures = ck["step"], ck["elapsed_s"], ck.get("validation", {})
+        log.info("resumed %s at step %d", ckpt_path, step)
+    elif resume:
+        log.info("--resume: no checkpoint at %s, starting from scratch", ckpt_path)
+
+    sampler = ResumableSampler(len(train_ds), tc.seed, start=step * tc.batch_size)
+    loader = DataLoader(
+        train_ds, batch_size=tc.batch_size, sampler=sampler, num_workers=cfg.data.num_workers,
+        pin_memory=device.type == "cuda", persistent_workers=cfg.data.num_workers > 0,
+    )
+    val_loader = (
+        DataLoader(val_ds, batch_size=tc.batch_size, shuffle=False, num_workers=cfg.data.num_workers)
+        if val_ds else None
+    )
+    writer = _summary_writer(out / "tb")
+    data_hash = data_manifest_hash(cfg.data.train + cfg.data.val)
+    target = min(tc.max_steps, stop_after) if stop_after is not None else tc.max_steps
+
+    def checkpoint() -> None:
+        save_checkpoint(
+            ckpt_path, model=model.state_dict(), optimizer=opt.state_dict(), scheduler=sched.state_dict(),
+            scaler=scaler.state_dict(), rng=rng_state(), step=step, elapsed_s=elapsed + time.time() - t0,
+            config=cfg.model_dump(mode="json"), validation=val_figures, data_manifest_hash=data_hash,
+            hardware=_hardware(device),
+        )
+
+    t0 = time.time()
+    model.train()
+    it = iter(loader)
+    bar = tqdm(total=target, initial=step, desc="train", dynamic_ncols=True, disable=None)
+    while step < target:
+        batch = _to(next(it), device)
+        with torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
+            pred = model(batch["image"])
+        loss, terms = facelift_loss(pred, batch, normals, cfg.loss, m.img_size, m.nominal_depth_cm)
+        opt.zero_grad(set_to_none=True)
+        scaler.scale(loss).backward()
+        scaler.unscale_(opt)
+        torch.nn.utils.clip_grad_norm_(model.parameters(), tc.grad_clip)
+        scaler.step(opt)
+        scaler.update()
+        sched.step()
+        step += 1
+        bar.update(1)
+        if step % tc.log_every == 0 or step == target:
+            bar.set_postfix(loss=f"{terms['total']:.4f}")
+            for k, v in terms.items():
+                writer.add_scalar(f"loss/{k}", v, step)
+            writer.add_scalar("lr", sched.get_last_lr()[0], step)
+        if val_loader is not None and (step % tc.val_every == 0 or step == tc.max_steps):
+            val_figures = {"step": step, **validate(model, val_loader, device, tc.val_batches)}
+            for k, v in val_figures.items():
+                writer.add_scalar(f"val/{k}", v, step)
+            (out / "val.json").write_text(json.dumps(val_figures, indent=1))
+            log.info("step %d validation %s", step, val_figures)
+        out_of_time = tc.max_minutes is not None and time.time() - t0 > tc.max_minutes * 60
+        if step % tc.ckpt_every == 0 or step == target or out_of_time:
+            checkpoint()
+        if out_of_time:
+            log.info("max_minutes reached at step %d; --resume continues", step)
+            break
+    bar.close()
+    writer.close()
+    return ckpt_path
+
+
+def _hardware(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
+
+
+def _summary_writer(path: Path):
+    from torch.utils.tensorboard import SummaryWriter
+
+    return SummaryWriter(str(path))
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--config", required=True, help="training TOML (see training/configs/)")
+    p.add_argument("--out", help="run folder (default runs/<config name>)")
+    p.add_argument("--resume", action="store_true", help="continue from <out>/checkpoints/last.pt")
+    p.add_argument("--stop-after", type=int, help="stop at this step (checkpointed) without changing the schedule")
+    args = p.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    cfg = load_config(args.config)
+    out = args.out or f"runs/{Path(args.config).stem}"
+    ckpt = train(cfg, out, resume=args.resume, stop_after=args.stop_after)
+    print(f"checkpoint: {ckpt}")
+
+
+if __name__ == "__main__":
+    main()
