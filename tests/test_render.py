@@ -34,15 +34,15 @@ def test_depth_test_and_antialiasing():
     K = np.array([[60.0, 0, 31.5], [0, 60.0, 31.5], [0, 0, 1]])
     # A big far quad drawn after a small near one: the depth test must keep the near one in front.
     near = np.array([[-2, -2, 30], [2, -2, 30], [2, 2, 30], [-2, 2, 30]], float)
-    far = near * [5, 5, 2]
+    far = np.array([[-10, 0, 60], [0, -10, 60], [10, 0, 60], [0, 10, 60]], float)  # a diamond: slanted edges
     pos = np.vstack([near, far])
     colour = np.vstack([np.full((4, 3), 0.9), np.full((4, 3), 0.1)])
     idx = np.array([[0, 1, 2], [0, 2, 3], [4, 5, 6], [4, 6, 7]])
     mesh = raster.mesh(np.zeros((8, 2)), colour, np.zeros((8, 2)), idx)
     mesh.set_geometry(pos, np.tile([0.0, 0.0, -1.0], (8, 1)))
     r = raster.draw(mesh, K, 64, 64, np.zeros((1, 1, 3), np.uint8), supersample=2)
-    assert abs(r.depth[32, 32] - 30.0) < 1e-3 and abs(r.depth[32, 8] - 60.0) < 1e-3
-    assert r.color[32, 32].mean() > r.color[32, 8].mean() + 0.2
+    assert abs(r.depth[32, 32] - 30.0) < 1e-3 and abs(r.depth[32, 25] - 60.0) < 1e-3
+    assert r.color[32, 32].mean() > r.color[32, 25].mean() + 0.2
     edge = r.alpha[(r.alpha > 0) & (r.alpha < 1)]
     assert edge.size > 0  # supersampling leaves fractional coverage on the silhouette
     mesh.release()

@@ -3,14 +3,12 @@
 Images are real photographs (skimage's astronaut): the astronaut's face, scaled and placed where the
 ICT neutral landmark template projects through a random camera, over a random crop of the photo as
 background. Labels are that projection (MV: with 3D template, R, t, K; MF: noisy 2D with confidence),
-so position and scale are learnable from pixels. Shards are written as WebDataset tars.
+so position and scale are learnable from pixels. Shards are written with training.dataset.ShardWriter.
 """
 
 from __future__ import annotations
 
-import io
 import json
-import tarfile
 from pathlib import Path
 
 import numpy as np
@@ -19,6 +17,7 @@ from skimage.data import astronaut
 
 from engine.assets import shared_asset
 from engine.geometry import project, rotation_from_euler, visibility_mask
+from training.dataset import FORMAT_VERSION, ShardWriter
 
 IMAGE_SIZE = 96
 FACE_ROI = (165, 70, 265, 190)  # astronaut face (x0, y0, x1, y1), measured by eye on the 512 px image
@@ -59,21 +58,7 @@ def _render(rng: np.random.Generator, lm2d: np.ndarray, size: int) -> np.ndarray
     return bg
 
 
-def _npz(**arrays) -> bytes:
-    buf = io.BytesIO()
-    np.savez(buf, **arrays)
-    return buf.getvalue()
-
-
-def _add(tar: tarfile.TarFile, name: str, data: bytes) -> None:
-    info = tarfile.TarInfo(name)
-    info.size = len(data)
-    tar.addfile(info, io.BytesIO(data))
-
-
-def write_tiny_dataset(
-    root: Path, n_mv_ids: int = 6, views: int = 4, n_mf: int = 8, seed: int = 0, per_shard: int = 16
-) -> Path:
+def write_tiny_dataset(root: Path, n_mv_ids: int = 6, views: int = 4, n_mf: int = 8, seed: int = 0) -> Path:
     """Write MV identities ``0..n_mv_ids-1`` (``views`` renders each) and ``n_mf`` MF frames."""
     rng = np.random.default_rng(seed)
     template = landmark_template()
@@ -97,22 +82,17 @@ def write_tiny_dataset(
             kind=np.int8(1), identity=np.int64(100 + clip), landmarks_2d=lm2d.astype(np.float32),
             visible=np.ones(68, bool), confidence=rng.uniform(0.5, 1.0, 68).astype(np.float32),
         ))
-    (root / "shards").mkdir(parents=True, exist_ok=True)
-    shards = []
-    for s0 in range(0, len(samples), per_shard):
-        path = root / "shards" / f"shard-{s0 // per_shard:05d}.tar"
-        with tarfile.open(path, "w") as tar:
-            for k, arrays in enumerate(samples[s0 : s0 + per_shard], start=s0):
-                lm = arrays["landmarks_2d"]
-                lo, hi = lm.min(0), lm.max(0)
-                # detector-like box: the landmark box extended up to the hairline
-                arrays["box"] = np.array([lo[0], lo[1] - 0.25 * (hi[1] - lo[1]), hi[0], hi[1]], np.float32)
-                img = _render(rng, lm, IMAGE_SIZE)
-                jpg = io.BytesIO()
-                Image.fromarray(img).save(jpg, format="JPEG", quality=95)
-                _add(tar, f"{k:09d}.jpg", jpg.getvalue())
-                _add(tar, f"{k:09d}.npz", _npz(**arrays))
-        shards.append({"path": str(path.relative_to(root)), "samples": len(samples[s0 : s0 + per_shard])})
-    manifest = {"format_version": "1.0.0", "generator": "tests.tiny_dataset", "seed": seed, "shards": shards}
+    manifest_shards = []
+    for shard_index, kind in enumerate((0, 1)):  # one shard per kind, as ShardReader(kind=...) expects
+        writer = ShardWriter(root / "shards", shard_index)
+        for arrays in (a for a in samples if int(a["kind"]) == kind):
+            lm = arrays["landmarks_2d"]
+            lo, hi = lm.min(0), lm.max(0)
+            # detector-like box: the landmark box extended up to the hairline
+            arrays["box"] = np.array([lo[0], lo[1] - 0.25 * (hi[1] - lo[1]), hi[0], hi[1]], np.float32)
+            writer.write(_render(rng, lm, IMAGE_SIZE), arrays)
+        manifest_shards.append(writer.commit({"kind": kind}))
+    manifest = {"format_version": FORMAT_VERSION, "generator": "tests.tiny_dataset", "seed": seed,
+                "complete": True, "shards": manifest_shards}
     (root / "manifest.json").write_text(json.dumps(manifest, indent=1))
     return root

@@ -34,8 +34,11 @@ log = logging.getLogger(__name__)
 
 # Reserved for validating multi-frame data: never used for textures or backgrounds.
 HELD_OUT_CLIPS = ("liveportrait_d19.mp4", "pyfeat_single_face.mp4")
+# Subjects wear glasses in these (videos/README.md): textures must be glasses-free, so they only
+# contribute background patches.
+GLASSES_CLIPS = ("liveportrait_d9.mp4", "liveportrait_d12.mp4")
 BANK_PATH = REPO_ROOT / "data" / "textures" / "bank.npz"
-BANK_VERSION = 1
+BANK_VERSION = 2
 TEXTURE_SIZE = 512
 BACKGROUND_SIZE = 160
 FIT_IDENTITY_DIMS = 40  # leading ICT identity modes used in the fit (the rest stay 0)
@@ -61,7 +64,11 @@ def face_layout() -> dict:
     lm_uv = np.array([uv[np.flatnonzero(corner_vertex == v)[0]] for v in model.landmarks68])
     # Photo colour is taken from the face proper (forehead to just under the chin), not the neck.
     y = model.neutral[corner_vertex, 1]
-    allow = np.clip((y + 9.0) / 2.0, 0, 1) * np.clip((12.0 - y) / 1.5, 0, 1)
+    # Above the brows, the temples and upper forehead often show hair: keep to the central forehead.
+    x = np.abs(model.neutral[corner_vertex, 0])
+    allow = np.clip((y + 9.0) / 2.0, 0, 1) * np.clip((9.5 - y) / 2.0, 0, 1)
+    allow = allow * np.clip(1.0 - np.clip(y - 4.0, 0, None) * np.clip(x - 4.5, 0, None) / 4.0, 0, 1)
+    allow = allow * np.clip((7.2 - x) / 1.2, 0, 1)  # not the sideburns and ears
     return {"corner_vertex": corner_vertex, "uv": uv, "indices": inverse.reshape(-1, 3), "landmark_uv": lm_uv, "allow": allow}
 
 
@@ -307,12 +314,13 @@ def background_patches(frame: np.ndarray, box: np.ndarray, rng: np.random.Genera
     """Square patches away from the (enlarged) face box: walls, green screens, rooms."""
     h, w = frame.shape[:2]
     bw, bh = box[2] - box[0], box[3] - box[1]
-    x0, y0, x1, y1 = box[0] - 0.4 * bw, box[1] - 0.6 * bh, box[2] + 0.4 * bw, box[3] + 1.5 * bh
+    x0, y0, x1, y1 = box[0] - 0.25 * bw, box[1] - 0.5 * bh, box[2] + 0.25 * bw, box[3] + 0.3 * bh
     out = []
     for _ in range(20 * n):
-        s = int(rng.uniform(0.2, 0.35) * min(h, w))
+        s = int(rng.uniform(0.15, 0.3) * min(h, w))
         px, py = rng.integers(0, w - s + 1), rng.integers(0, h - s + 1)
-        if px + s < x0 or px > x1 or py + s < y0 or py > y1:
+        overlap = max(0.0, min(px + s, x1) - max(px, x0)) * max(0.0, min(py + s, y1) - max(py, y0))
+        if overlap < 0.1 * s * s:  # mostly away from the face and hair
             from PIL import Image
 
             patch = Image.fromarray(frame[py : py + s, px : px + s]).resize((BACKGROUND_SIZE, BACKGROUND_SIZE))
@@ -386,6 +394,9 @@ def build_bank(
                 skipped.append(f"{clip.name}:{i} no face")
                 continue
             lm, box = found
+            backgrounds += background_patches(frame, box, rng)
+            if clip.name in GLASSES_CLIPS:
+                continue
             fit = fit_to_landmarks(lm, frame.shape[1], frame.shape[0], baker.model)
             face_px = np.linalg.norm(lm.max(0) - lm.min(0))
             if fit.rms_px > max_rms_px * face_px / 300:
@@ -398,7 +409,6 @@ def build_bank(
             textures.append(tex)
             bases.append(base)
             sources.append(f"{clip.name}:{i}")
-            backgrounds += background_patches(frame, box, rng)
     if skipped:
         log.warning("texture bank: skipped %d frames: %s", len(skipped), "; ".join(skipped))
     if not textures:
