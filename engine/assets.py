@@ -26,3 +26,11 @@ def shared_asset(*parts: str) -> Path:
 def sample_clip() -> Path:
     """The bundled sample clip (a real face with synthetic camera motion, made by scripts/make_sample.py)."""
     return REPO_ROOT / "samples" / "astronaut.mp4"
+
+
+DEFAULT_BUNDLE_NAME = "facelift_vit_tiny_128"
+
+
+def default_bundle() -> Path:
+    """The committed default landmark model bundle (models/<name>/, written by training/bundle.py)."""
+    return REPO_ROOT / "models" / DEFAULT_BUNDLE_NAME
