@@ -20,6 +20,7 @@ import time
 from collections import Counter
 
 import numpy as np
+from tqdm import tqdm
 
 from engine.landmarks68 import REGIONS
 
@@ -77,11 +78,11 @@ def main() -> None:
     if args.workers > 1:
         with mp.get_context("spawn").Pool(args.workers, _init, (args.rig_size, args.detector_size, 1)) as pool:
             t0 = time.perf_counter()  # start timing once the pool is up (its start-up is a one-off cost)
-            results = pool.map(_lift, seeds, chunksize=1)
+            results = list(tqdm(pool.imap(_lift, seeds), total=len(seeds), unit="identity"))
     else:
         _init(args.rig_size, args.detector_size, 1)
         t0 = time.perf_counter()
-        results = [_lift(s) for s in seeds]
+        results = [_lift(s) for s in tqdm(seeds, unit="identity")]
     elapsed = time.perf_counter() - t0
 
     ok = [r for r in results if r["ok"]]

@@ -4,4 +4,5 @@ import sys
 
 from engine.cli import main
 
-sys.exit(main())
+if __name__ == "__main__":  # spawned worker processes (engine batch) re-import this module
+    sys.exit(main())

@@ -1,4 +1,4 @@
-"""Command line: ``python -m engine run|validate|plugins|subscribe`` (also the ``facelift-engine`` script).
+"""Command line: ``python -m engine run|validate|plugins|subscribe|batch`` (also the ``facelift-engine`` script).
 
 Exit codes: 0 success (also after SIGINT/SIGTERM asked a run to stop), 1 a plugin failed to start or
 a run ended abnormally, 2 invalid configuration or arguments.
@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 import time
 from pathlib import Path
@@ -16,8 +17,8 @@ from typing import Any
 
 from pydantic_core import PydanticUndefined
 
-from engine.config import ConfigError, load_config
-from engine.plugin import ROLES, discover, role_of
+from engine.config import ConfigError, PipelineConfig, PluginSpec, load_config
+from engine.plugin import ROLES, discover, get_plugin, role_of
 
 log = logging.getLogger("engine")
 
@@ -94,6 +95,17 @@ def cmd_validate(args: argparse.Namespace) -> int:
     return 0
 
 
+PREVIEW_FRAMES, PREVIEW_EVERY = 8, 25  # --preview: up to 8 PNGs per stream, one every 25 frames
+
+
+def add_preview_sink(config: PipelineConfig, directory: Path) -> None:
+    """Append an ``overlay`` sink that only writes a few annotated PNGs per stream to ``directory``."""
+    cls = get_plugin("overlay", "sink")
+    options = cls.Options(directory=directory, video=False, preview_frames=PREVIEW_FRAMES, preview_every=PREVIEW_EVERY)
+    path = f"sinks[{len(config.sinks)}]"
+    config.sinks.append(PluginSpec(role="sink", type="overlay", cls=cls, options=options, path=path))
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     from engine.metrics import format_summary
     from engine.runtime import Pipeline, PipelineStartError
@@ -103,6 +115,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         print(str(exc), file=sys.stderr)
         return 2
+    if args.preview:
+        add_preview_sink(config, args.preview)
     setup_logging(args.log_level or config.pipeline.log_level)
     pipeline = Pipeline(config)
     try:
@@ -154,6 +168,26 @@ def cmd_subscribe(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_batch(args: argparse.Namespace) -> int:
+    from engine.batch import BatchOptions, DatasetError, list_celebvhq, list_files, run_batch
+
+    setup_logging(args.log_level or "INFO")
+    try:
+        clips = list_celebvhq(args.celebvhq, args.clips_dir) if args.celebvhq else list_files(args.input)
+        totals = run_batch(args.config, clips, args.out, BatchOptions(
+            workers=args.workers, batch_frames=args.batch_size, retry_failed=args.retry_failed, ray=args.ray,
+            ray_actors=args.ray_actors, progress=not args.no_progress))
+    except ConfigError as exc:
+        print(str(exc), file=sys.stderr)
+        return 2
+    except DatasetError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(totals["summary_markdown"])
+    print(f"results in {args.out}/clips/, summary in {args.out}/summary.csv and summary.md")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m engine", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -162,6 +196,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("config", type=Path, help="pipeline.toml")
     p.add_argument("--log-level", choices=["DEBUG", "INFO", "WARNING", "ERROR"], help="override [pipeline].log_level")
     p.add_argument("--summary-json", metavar="PATH", help="also write the run summary as JSON")
+    p.add_argument("--preview", metavar="DIR", type=Path, help="also save a few annotated frames per stream as PNG in DIR")
     p.set_defaults(func=cmd_run)
 
     p = sub.add_parser("validate", help="check a pipeline.toml without running it")
@@ -183,6 +218,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--verbose", action="store_true", help="print a line per message also when saving")
     p.add_argument("--log-level", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     p.set_defaults(func=cmd_subscribe)
+
+    p = sub.add_parser("batch", help="run the config's stages over a dataset of clips (resumable; docs/batch.md)")
+    p.add_argument("--config", type=Path, required=True, help="pipeline.toml (its [[stages]] are run)")
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--input", metavar="DIR|GLOB", help="a folder of clips, a glob ('clips/**/*.mp4') or one file")
+    src.add_argument("--celebvhq", metavar="ROOT", help="CelebV-HQ root (celebvhq_info.json + <clip_id>.mp4 files)")
+    p.add_argument("--clips-dir", help="with --celebvhq: the folder of the .mp4 files (default: found under ROOT)")
+    p.add_argument("--out", required=True, help="output folder (results, failures.json, manifest, summary)")
+    p.add_argument("--workers", type=int, default=max(1, min(4, (os.cpu_count() or 2) - 1)),
+                   help="decode processes (local path)")
+    p.add_argument("--batch-size", type=int, default=32, help="frames per inference batch, across clips")
+    p.add_argument("--retry-failed", action="store_true", help="retry the clips recorded in failures.json")
+    p.add_argument("--ray", metavar="ADDRESS", help="run on Ray: 'auto' (running cluster), an address, or 'local'")
+    p.add_argument("--ray-actors", type=int, help="inference actors (default: one per GPU, else 1)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--log-level", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    p.set_defaults(func=cmd_batch)
     return parser
 
 

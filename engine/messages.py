@@ -2,7 +2,7 @@
 
 Wire format (msgpack map, one per frame)::
 
-    {"type": "frame", "version": [1, 0], "stream": "cam0", "index": 12, "pts": 0.48,
+    {"type": "frame", "version": [1, 1], "stream": "cam0", "index": 12, "pts": 0.48,
      "time": 1712.3, "size": [640, 480],
      "faces": [{"box": ARRAY, "score": 0.98, "keypoints": ARRAY, "track_id": 3,
                 "landmarks_2d": ARRAY, ...}]}
@@ -11,7 +11,7 @@ An ARRAY is ``{"dtype": "<f4", "shape": [68, 2], "data": <raw little-endian byte
 lists, so decoding is one ``np.frombuffer``). Optional face fields that a pipeline did not compute are
 omitted, not sent as nil. When a stream ends, sinks send one end-of-stream message::
 
-    {"type": "eos", "version": [1, 0], "stream": "cam0", "frames": 250}
+    {"type": "eos", "version": [1, 1], "stream": "cam0", "frames": 250}
 
 ``frames`` is how many frame messages the sink emitted for that stream, so a subscriber can tell
 whether it missed any. Compatibility: a decoder accepts any minor version of its major version
@@ -29,7 +29,9 @@ import numpy as np
 
 from engine.frame import Face, Frame
 
-SCHEMA_VERSION: tuple[int, int] = (1, 0)
+# 1.1: faces carry the landmark stage's fields (landmarks_2d/3d/canonical, rotation, euler,
+# translation, confidence, visibility) and track_id; 1.0 decoders read 1.1 messages (extra keys only).
+SCHEMA_VERSION: tuple[int, int] = (1, 1)
 
 # Face fields sent as arrays, with the dtype they are sent in (None: keep the array's own dtype).
 _ARRAY_FIELDS: dict[str, str] = {

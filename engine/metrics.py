@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections import defaultdict
+from collections import defaultdict, deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -20,6 +20,8 @@ import numpy as np
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
 log = logging.getLogger(__name__)
+
+LATENCY_KEEP = 100_000  # per-frame latencies kept for the run summary's percentiles
 
 
 @dataclass
@@ -40,6 +42,8 @@ class StageStats:
     busy_s: float = 0.0
     window_frames: int = 0
     window_latency_ms: list[float] = field(default_factory=list)
+    # decode -> this stage done, per frame (bounded: percentiles over the last LATENCY_KEEP frames)
+    frame_latency_ms: deque = field(default_factory=lambda: deque(maxlen=LATENCY_KEEP))
 
 
 class Metrics:
@@ -54,6 +58,7 @@ class Metrics:
         self.finished: float | None = None
         self._window_start = self.started
         self._window_e2e_ms: list[float] = []  # decode -> sinks, per frame
+        self._e2e_ms: deque = deque(maxlen=LATENCY_KEEP)  # whole run, for the summary's p50/p95
         self.registry = CollectorRegistry()
         labels = ["pipeline", "stage"]
         self._p_frames = Counter("engine_stage_frames", "Frames processed by a stage", labels, registry=self.registry)
@@ -76,6 +81,13 @@ class Metrics:
             ["pipeline"],
             registry=self.registry,
             buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0),
+        )
+        self._p_frame_latency = Histogram(
+            "engine_stage_frame_latency_seconds",
+            "Time from decode to a stage's output, per frame",
+            labels,
+            registry=self.registry,
+            buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0),
         )
         self._server = None
         if port is not None:
@@ -103,6 +115,14 @@ class Metrics:
         if failed:
             self._p_errors.labels(self.pipeline, stage).inc()
 
+    def frame_latency(self, stage: str, seconds: list[float]) -> None:
+        """Per-frame time from decode (``Frame.time``) to ``stage``'s output, one value per frame."""
+        with self._lock:
+            self.stages[stage].frame_latency_ms.extend(1000.0 * s for s in seconds)
+        hist = self._p_frame_latency.labels(self.pipeline, stage)
+        for s in seconds:
+            hist.observe(s)
+
     def stream_errors(self, stream_id: str, n: int = 1) -> None:
         with self._lock:
             self.streams[stream_id].errors += n
@@ -113,6 +133,7 @@ class Metrics:
             st.frames += 1
             st.faces += faces
             self._window_e2e_ms.append(latency_s * 1000.0)
+            self._e2e_ms.append(latency_s * 1000.0)
         self._p_e2e.labels(self.pipeline).observe(latency_s)
         self._p_out.labels(self.pipeline, stream_id).inc()
         self._p_faces.labels(self.pipeline, stream_id).inc(faces)
@@ -175,9 +196,11 @@ class Metrics:
                     "batches": s.batches,
                     "errors": s.errors,
                     "mean_batch_ms": round(1000 * s.busy_s / s.batches, 2) if s.batches else None,
+                    "latency_ms": _percentiles(s.frame_latency_ms),
                 }
                 for name, s in self.stages.items()
             }
+            e2e = _percentiles(self._e2e_ms)
         frames = sum(s["frames"] for s in streams.values())
         return {
             "pipeline": self.pipeline,
@@ -186,6 +209,7 @@ class Metrics:
             "fps": round(frames / wall, 2) if wall > 0 else 0.0,
             "streams": streams,
             "stages": stages,
+            "latency_ms": e2e,  # decode -> sinks, per frame
             "source_errors": {k: v for k, v in self.source_errors.items() if v},
         }
 
@@ -195,6 +219,14 @@ class Metrics:
             self._server.shutdown()
             self._server.server_close()
             self._server = None
+
+
+def _percentiles(values_ms) -> dict[str, float] | None:
+    """p50/p95 (ms) of per-frame latencies, None when there are none."""
+    if not values_ms:
+        return None
+    p50, p95 = np.percentile(np.fromiter(values_ms, dtype=np.float64), [50, 95])
+    return {"p50": round(float(p50), 2), "p95": round(float(p95), 2)}
 
 
 def format_summary(summary: dict[str, Any]) -> str:
@@ -209,7 +241,12 @@ def format_summary(summary: dict[str, Any]) -> str:
         )
     for name, s in summary["stages"].items():
         mean = "-" if s["mean_batch_ms"] is None else f"{s['mean_batch_ms']:.1f} ms"
-        lines.append(f"  stage {name}: {s['frames']} frames in {s['batches']} batches ({mean}/batch), {s['errors']} errors")
+        lat = s.get("latency_ms")
+        lat = f", decode->done p50 {lat['p50']:.0f} ms p95 {lat['p95']:.0f} ms" if lat else ""
+        lines.append(f"  stage {name}: {s['frames']} frames in {s['batches']} batches ({mean}/batch), {s['errors']} errors{lat}")
+    if summary.get("latency_ms"):
+        lat = summary["latency_ms"]
+        lines.append(f"  end-to-end latency (decode -> sinks): p50 {lat['p50']:.0f} ms, p95 {lat['p95']:.0f} ms")
     for source, errs in summary.get("source_errors", {}).items():
         for err in errs:
             lines.append(f"  source {source}: {err}")

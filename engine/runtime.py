@@ -266,6 +266,9 @@ class Pipeline:
                         for frame in frames:
                             metrics.stream_errors(frame.stream_id)
                     metrics.stage_batch(name, len(frames), time.perf_counter() - t0, failed)
+                    if not failed:  # decode -> this stage's output, per frame (e.g. landmarks done)
+                        done = time.time()
+                        metrics.frame_latency(name, [done - frame.time for frame in frames])
                     replaced = iter(out)
                     batch = [next(replaced) if isinstance(item, Frame) else item for item in batch]
                 for item in batch:

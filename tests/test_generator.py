@@ -74,3 +74,51 @@ def test_frontal_render_shows_subjects_right_eye_on_image_left(gen):
     assert r.landmarks_2d[36, 0] < r.landmarks_2d[45, 0]
     assert r.mask[64, 64]  # the face is in the middle
     assert not r.mask[2, 2]
+
+
+def test_skin_test_rejects_hair_shadow_and_eyes():
+    """Texels far from the frame's own cheek colour (hair, ear shadow, sclera) get no weight."""
+    from training.textures import capture_regions, skin_weight
+
+    reg = capture_regions(TEXTURE_SIZE)
+    rng = np.random.default_rng(0)
+    skin = np.array([0.78, 0.58, 0.48])
+    colour = np.clip(skin + rng.normal(0, 0.01, (TEXTURE_SIZE, TEXTURE_SIZE, 3)), 0, 1)
+    hair = reg["reference"].copy()
+    hair[:, : TEXTURE_SIZE // 2 - 40] = False  # a dark-brown patch over part of one cheek
+    colour[hair] = (0.12, 0.08, 0.06)
+    colour[reg["eyes"]] = (0.9, 0.9, 0.88)  # a real eye's white mapped onto the lids
+    accept, base = skin_weight(colour, np.ones((TEXTURE_SIZE, TEXTURE_SIZE)))
+    clean = reg["reference"] & ~hair
+    assert accept[clean].mean() > 0.95
+    assert accept[hair].max() == 0.0 and accept[reg["eyes"]].mean() < 0.05
+    assert np.allclose(base, skin, atol=0.03)
+
+
+def test_combined_captures_vote_out_one_bad_frame():
+    from training.textures import combine_captures
+
+    good = np.full((8, 8, 3), 0.6)
+    bad = good.copy()
+    bad[:4] = 0.1  # e.g. a hand or a shadow in one frame
+    w = np.ones((8, 8))
+    colour, weight = combine_captures([(good, w), (good, w), (bad, w), (good, w)])
+    assert np.abs(colour - 0.6).max() < 0.02 and weight.min() == 1.0
+
+
+def test_hair_clothing_neck_fade_and_occlusion(gen):
+    """Materials per corner: hair on the scalp but not the ears, the neck's cut fades out, AO in creases."""
+    m, lay = gen.model, gen.layout
+    ident = next(i for i in map(gen.identity, range(50)) if i.params["hairline_shift_cm"] < 10)
+    alb, mat, hair = gen._albedo(ident)
+    top = m.neutral[lay.corner_vertex, 1] > 13.0
+    assert hair[top, 2].min() > 0.9  # the crown is covered
+    ear = lay.hair_allow[lay.corner_vertex] < 0.05
+    assert ear.any() and hair[ear, 2].max() < 0.05
+    bottom = m.neutral[lay.corner_vertex, 1] < -19.0
+    assert mat[bottom, 3].max() < 0.1 and mat[~bottom, 3].max() == 1.0
+    ao = gen.ao
+    assert ao.min() >= 0 and ao.max() <= 1
+    assert ao[m.landmarks68[30]] > 0.9 > 0.7 > ao[m.masks["mouth_socket"]].mean()  # nose tip open, mouth closed in
+    hm = gen.hair_map(ident)
+    assert hm.shape[2] == 4 and hm.dtype == np.uint8 and hm[..., 3].std() > 10  # strands, not a flat cap

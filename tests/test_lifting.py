@@ -53,7 +53,7 @@ def test_recovers_points_from_noisy_detections_with_outliers():
     assert res.ok, res.reason
     assert err.mean() < 0.1 and err.max() < 0.4, err  # cm; outliers of up to 40 px are ~3 cm off
     assert np.nanmedian(res.residuals_px) < 1.5
-    assert elapsed < 0.2, elapsed  # vectorised: one identity in well under 0.2 s
+    assert elapsed < 0.5, elapsed  # vectorised: one identity in a few ms (generous bound for loaded CI)
     # The robust loss matters: plain least squares (huge Huber threshold) is visibly worse.
     plain = lift(K, R, t, obs, mask, LiftingConfig(huber=1e6, max_mean_residual=1, max_landmark_residual=1))
     assert np.linalg.norm(plain.points - X, axis=1).mean() > 1.5 * err.mean()
@@ -84,3 +84,13 @@ def test_rejects_landmark_seen_in_too_few_views():
     res = lift(K, R, t, obs, mask)
     assert not res.ok and res.reason == REASON_TOO_FEW_VIEWS
     assert res.n_views[30] == 1
+
+
+def test_rejects_inconsistent_detections_with_a_reason():
+    rng = np.random.default_rng(2)
+    K, R, t = rig()
+    obs = observe(K, R, t, truth())
+    obs += rng.normal(0, 25.0, obs.shape)  # a teacher that is lost in every view (~10 % of the face)
+    res = lift(K, R, t, obs, landmark_visibility(R))
+    assert not res.ok and res.reason in ("high_residual", "outlier_landmark")
+    assert res.landmark_residual.mean() > LiftingConfig().max_mean_residual

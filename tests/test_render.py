@@ -46,3 +46,32 @@ def test_depth_test_and_antialiasing():
     edge = r.alpha[(r.alpha > 0) & (r.alpha < 1)]
     assert edge.size > 0  # supersampling leaves fractional coverage on the silhouette
     mesh.release()
+
+
+def test_alpha_hair_map_and_occlusion_attributes():
+    """Per-corner alpha gives premultiplied partial coverage; hair weight 1 shows the hair map."""
+    raster = Rasterizer.shared()
+    K = np.array([[60.0, 0, 31.5], [0, 60.0, 31.5], [0, 0, 1]])
+    pos = np.array([[-10, -10, 40], [10, -10, 40], [10, 10, 40], [-10, 10, 40]], float)
+    uv = np.array([[0, 0], [1, 0], [1, 1], [0, 1]], float)
+    idx = np.array([[0, 1, 2], [0, 2, 3]])
+    hair_map = np.zeros((4, 4, 4), np.uint8)
+    hair_map[..., 2] = 255  # blue hair, full strand density
+    hair_map[..., 3] = 255
+    for alpha, hair_w, ao in [(1.0, 0.0, 1.0), (0.5, 0.0, 1.0), (1.0, 1.0, 1.0), (1.0, 0.0, 0.3)]:
+        mat = np.tile([0.0, 0.0, ao, alpha], (4, 1))
+        hair = np.hstack([uv, np.full((4, 1), hair_w)])
+        mesh = raster.mesh(uv, np.full((4, 3), 0.5), mat, idx, hair=hair)
+        mesh.set_geometry(pos, np.tile([0.0, 0.0, -1.0], (4, 1)))
+        r = raster.draw(mesh, K, 64, 64, np.zeros((1, 1, 3), np.uint8), supersample=1, hair=hair_map,
+                        hair_key=("blue",))
+        c, a = r.color[32, 32], r.alpha[32, 32]
+        if alpha < 1:
+            assert abs(a - 0.5) < 0.01 and np.all(c <= 0.5 + 1e-3)  # premultiplied
+        elif hair_w:
+            assert c[2] > c[0] + 0.3
+        elif ao < 1:
+            assert c.mean() < plain.mean() - 0.1  # occluded: less ambient and diffuse light
+        else:
+            plain = c
+        mesh.release()

@@ -1,10 +1,13 @@
 """UV skin textures from real video frames, and the texture bank the embedded generator draws from.
 
 For a frame: detect the face (CenterFace), get 68 landmarks (the 3DDFA_V2 teacher), fit the ICT
-morphable model to them (identity + expression weights, pose, perspective camera), project the frame
-into the face's UV tile (moderngl, only where the surface faces the camera and is not hidden), fill
-the hidden side from its mirror (the face UV layout is symmetric about u = 0.5), push-pull fill the
-rest, and feather the tile's border into the skin's base colour so the back-of-head seam disappears.
+morphable model to them (identity + expression weights, pose, perspective camera), and capture the
+frame into the face's UV tile (moderngl): only texels well inside the fitted silhouette, facing the
+camera, not hidden, and close to the frame's own skin colour (no hair, ear shadow, background or real
+eyes mapped onto the lids). The frames of a clip are combined robustly, their low-frequency shading
+divided out (the renderer lights the head), the hidden side filled from its mirror (the face UV layout
+is symmetric about u = 0.5), the rest push-pull filled, and the tile's border feathered into the
+skin's base colour so the back-of-head seam disappears. One texture per subject (clip).
 
     python -m training.textures build      # -> data/textures/bank.npz (also built on first use)
 """
@@ -38,7 +41,7 @@ HELD_OUT_CLIPS = ("liveportrait_d19.mp4", "pyfeat_single_face.mp4")
 # contribute background patches.
 GLASSES_CLIPS = ("liveportrait_d9.mp4", "liveportrait_d12.mp4")
 BANK_PATH = REPO_ROOT / "data" / "textures" / "bank.npz"
-BANK_VERSION = 2
+BANK_VERSION = 3
 TEXTURE_SIZE = 512
 BACKGROUND_SIZE = 160
 FIT_IDENTITY_DIMS = 40  # leading ICT identity modes used in the fit (the rest stay 0)
@@ -197,6 +200,99 @@ def push_pull_fill(colour: np.ndarray, weight: np.ndarray) -> np.ndarray:
     return colour * w[..., None] + up * (1 - w[..., None])
 
 
+@functools.lru_cache(maxsize=2)
+def capture_regions(size: int = TEXTURE_SIZE) -> dict[str, np.ndarray]:
+    """(size,size) bool masks in the face tile, from the landmark UVs: ``eyes`` (eye openings, dilated
+    over the lids), ``mouth`` (lips), ``brows`` and ``reference`` (cheeks, nose and central forehead:
+    where the skin colour statistics of a frame are measured)."""
+    from skimage.draw import polygon
+
+    lm = _to_texel(face_layout()["landmark_uv"], size)
+
+    def poly(idx: list[int]) -> np.ndarray:
+        m = np.zeros((size, size), bool)
+        rr, cc = polygon(lm[idx, 0], lm[idx, 1], m.shape)
+        m[rr, cc] = True
+        return m
+
+    s = size / 512
+    eyes = ndimage.binary_dilation(poly(list(range(36, 42))) | poly(list(range(42, 48))), iterations=max(1, int(14 * s)))
+    mouth = ndimage.binary_dilation(poly(list(range(48, 60))), iterations=max(1, int(5 * s)))
+    brows = region_masks(size)[0] > 0.25
+    hull = poly([1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 24, 19])
+    reference = hull & ~ndimage.binary_dilation(eyes | mouth | brows, iterations=max(1, int(6 * s)))
+    return {"eyes": eyes, "mouth": mouth, "brows": brows, "reference": reference}
+
+
+def skin_weight(colour: np.ndarray, weight: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Soft (S,S) acceptance of each captured texel as skin, and the frame's median skin colour.
+
+    Hair, ear shadows, background bleed and real eyes mapped onto the lids (where the fit is slightly
+    off) are far darker or less skin-hued than the frame's own cheeks: measure the median Lab colour on
+    the reference region (cheeks, nose, central forehead) and reject texels far from it. Lips may be
+    redder and brows darker; around the eyes the test is stricter (sclera is bright and grey, irises and
+    lashes dark)."""
+    from skimage.color import rgb2lab
+
+    reg = capture_regions(colour.shape[0])
+    lab = rgb2lab(np.clip(colour, 0, 1))
+    ref = reg["reference"] & (weight > 0.5)
+    if ref.sum() < 200:
+        return np.zeros_like(weight), np.array([0.75, 0.58, 0.48])
+    med = np.median(lab[ref], axis=0)
+    spread = np.median(np.abs(lab[ref] - med), axis=0) * 1.48 + np.array([2.0, 1.5, 1.5])
+    dl = (lab[..., 0] - med[0]) / spread[0]
+    dab = np.hypot(*((lab[..., 1:] - med[1:]) / spread[1:]).transpose(2, 0, 1))
+    # Darker than skin is the usual defect (hair, shadow, eyes): tolerate less below than above.
+    dark = np.clip(-dl, 0, None)
+    light = np.clip(dl, 0, None)
+    lips, brows, eyes = reg["mouth"], reg["brows"], reg["eyes"]
+    dark_tol = np.where(brows, 5.0, np.where(lips, 3.5, np.where(eyes, 1.5, 2.0)))
+    hue_tol = np.where(lips, 8.0, np.where(brows, 5.0, np.where(eyes, 2.5, 3.2)))
+    light_tol = np.where(eyes, 1.8, 3.0)
+    bad = np.maximum.reduce([dark / dark_tol, dab / hue_tol, light / light_tol])
+    accept = np.clip((1.2 - bad) / 0.4, 0, 1)  # 1 up to 0.8x the tolerance, 0 beyond 1.2x
+    from skimage.color import lab2rgb
+
+    base = lab2rgb(med[None, None])[0, 0]
+    return accept, base
+
+
+def delight(colour: np.ndarray, weight: np.ndarray, strength: float = 0.75) -> np.ndarray:
+    """Flattens the photo's own low-frequency shading (dark jaw undersides, shadowed cheek sides).
+
+    The renderer lights the head itself (and adds ambient occlusion), so a texture should be close to
+    albedo: divide out ``strength`` of the weighted low-pass luminance relative to its median, keeping
+    the fine detail (brows, lashes line, wrinkles, pores)."""
+    size = colour.shape[0]
+    lum = colour.mean(axis=2)
+    sigma = 14.0 * size / 512
+    num = ndimage.gaussian_filter(lum * weight, sigma)
+    den = ndimage.gaussian_filter(weight, sigma)
+    low = num / np.maximum(den, 1e-4)
+    ok = weight > 0.5
+    if ok.sum() < 100:
+        return colour
+    ref = np.median(lum[ok])
+    gain = np.clip(ref / np.maximum(low, 1e-3), 0.5, 2.0) ** strength
+    return np.clip(colour * gain[..., None], 0, 1)
+
+
+def combine_captures(captures: list[tuple[np.ndarray, np.ndarray]]) -> tuple[np.ndarray, np.ndarray]:
+    """Robust weighted mean of several frames' (colour, weight) captures of one subject.
+
+    One reweighting pass pulls each texel towards the frames that agree (a cheap weighted median):
+    expression-dependent shading, a passing hand or a blink in one frame is voted out."""
+    cols = np.stack([c for c, _ in captures])
+    ws = np.stack([w for _, w in captures])
+    mean = (cols * ws[..., None]).sum(0) / np.maximum(ws.sum(0), 1e-6)[..., None]
+    for _ in range(2):
+        dev = np.linalg.norm(cols - mean, axis=-1)
+        w2 = ws / (1.0 + (dev / 0.06) ** 2)
+        mean = (cols * w2[..., None]).sum(0) / np.maximum(w2.sum(0), 1e-6)[..., None]
+    return mean, np.clip(ws.max(0), 0, 1)
+
+
 @dataclass
 class Baker:
     """GL meshes for baking; reuse one per process."""
@@ -228,27 +324,45 @@ class Baker:
         self.face_mesh.set_albedo(fl["uv"], np.repeat(fl["allow"][:, None], 3, 1), np.zeros((n, 2)))
         return w > 0.5
 
-    def bake(self, frame: np.ndarray, fit: Fit, size: int = TEXTURE_SIZE) -> tuple[np.ndarray, np.ndarray, float]:
-        """Returns (texture uint8 (S,S,3), base skin colour sRGB (3,), observed fraction of the face)."""
+    def capture(self, frame: np.ndarray, fit: Fit, size: int = TEXTURE_SIZE) -> tuple[np.ndarray, np.ndarray]:
+        """(S,S,3) f32 colour and (S,S) weight of the texels this frame shows cleanly (0 elsewhere).
+
+        Only texels that project well inside the fitted head's silhouette (eroded in the image),
+        face the camera squarely, are not hidden, and pass the skin-colour test are kept."""
         assert size == TEXTURE_SIZE, "the chart mask is built at TEXTURE_SIZE"
-        chart = self.chart
         v = self.model.vertices(fit.identity_weights, fit.expression_weights).astype(np.float64)
         n = vertex_normals(v, self.model.triangles)
         v_cam, n_cam = v @ fit.R.T + fit.t, n @ fit.R.T
         h, w = frame.shape[:2]
         self.full_mesh.set_geometry(v_cam, n_cam)
         depth = self.raster.draw(self.full_mesh, fit.K, w, h, np.zeros((1, 1, 3), np.uint8), supersample=1).depth
+        # Erode the silhouette: a slightly-off fit puts background, hair and ear shadow on its rim.
+        lm_px = v_cam[self.model.landmarks68, :2] / v_cam[self.model.landmarks68, 2:3] * fit.K[0, 0]
+        face_px = float(np.ptp(lm_px[:, 0]))
+        inside = ndimage.binary_erosion(np.isfinite(depth), iterations=max(2, int(0.05 * face_px)))
         cv = self.face["corner_vertex"]
         self.face_mesh.set_geometry(v_cam[cv], n_cam[cv])
-        colour, weight = self.raster.bake_uv(self.face_mesh, frame, np.where(np.isfinite(depth), depth, 1e6), fit.K, size)
-        weight = np.where(chart, np.clip(weight, 0, 1), 0.0)
+        colour, weight = self.raster.bake_uv(self.face_mesh, frame, np.where(inside, depth, 0.0).astype(np.float32),
+                                             fit.K, size, facing_range=(0.35, 0.8))
+        weight = np.where(self.chart, np.clip(weight, 0, 1), 0.0)
+        accept, _ = skin_weight(colour, weight)
+        # Erode in the texture too: a capture's soft rim holds the darkest, least certain colours, and
+        # the fill would spread them outwards as a dark ring.
+        k = max(3, size // 100)
+        return colour, ndimage.grey_erosion(weight * accept, size=(k, k))
+
+    def finish(self, colour: np.ndarray, weight: np.ndarray) -> tuple[np.ndarray, np.ndarray, float]:
+        """Mirror-fill, push-pull fill and feather a capture -> (uint8 texture, base colour, observed)."""
+        size = colour.shape[0]
+        chart = self.chart
+        colour = delight(colour, weight)
         # Hidden side from the mirror image of the seen side (symmetric layout: u -> 1 - u).
         colour_m, weight_m = colour[:, ::-1], weight[:, ::-1]
         w_m = weight_m * (1.0 - weight) ** 2
         total = weight + w_m
         combined = (colour * weight[..., None] + colour_m * w_m[..., None]) / np.maximum(total, 1e-6)[..., None]
         filled = push_pull_fill(np.where(total[..., None] > 0, combined, 0), np.clip(total, 0, 1))
-        good = (weight > 0.8) & chart
+        good = (weight > 0.8) & capture_regions(size)["reference"]
         base = np.median(colour[good], axis=0) if good.sum() > 100 else np.array([0.75, 0.58, 0.48])
         # Feather into the base colour: at the tile border (the seam with the back of the head) and
         # away from what the photo showed (neck, under the chin), so no clothing or shadow spreads.
@@ -260,6 +374,10 @@ class Baker:
         out = filled * alpha + base * (1 - alpha) + grain * (1 - alpha)
         observed = float(weight[chart].mean())
         return (np.clip(out, 0, 1) * 255 + 0.5).astype(np.uint8), base.astype(np.float32), observed
+
+    def bake(self, frame: np.ndarray, fit: Fit, size: int = TEXTURE_SIZE) -> tuple[np.ndarray, np.ndarray, float]:
+        """Returns (texture uint8 (S,S,3), base skin colour sRGB (3,), observed fraction of the face)."""
+        return self.finish(*self.capture(frame, fit, size))
 
 
 # -- landmarks on real frames ---------------------------------------------------------------------
@@ -372,13 +490,13 @@ class TextureBank:
 
 def build_bank(
     clips: list[Path] | None = None,
-    frames_per_clip: int = 4,
+    frames_per_clip: int = 6,
     out: Path | None = BANK_PATH,
     max_rms_px: float = 6.0,
-    min_observed: float = 0.12,
+    min_observed: float = 0.06,
     seed: int = 0,
 ) -> TextureBank:
-    """Fits and bakes ``frames_per_clip`` evenly spaced frames of every clip (held-out clips refused)."""
+    """One texture per clip from ``frames_per_clip`` evenly spaced frames (held-out clips refused)."""
     clips = texture_clips() if clips is None else clips
     held = [c.name for c in clips if c.name in HELD_OUT_CLIPS]
     if held:
@@ -388,6 +506,7 @@ def build_bank(
     for clip in tqdm(clips, desc="texture bank"):
         n = count_frames(clip)
         idx = np.linspace(0, n - 1, frames_per_clip + 2)[1:-1].round().astype(int).tolist()
+        captures, used = [], []
         for i, frame in read_frames(clip, idx).items():
             found = marks(frame)
             if found is None:
@@ -402,13 +521,19 @@ def build_bank(
             if fit.rms_px > max_rms_px * face_px / 300:
                 skipped.append(f"{clip.name}:{i} fit rms {fit.rms_px:.1f}px")
                 continue
-            tex, base, observed = baker.bake(frame, fit)
-            if observed < min_observed:
-                skipped.append(f"{clip.name}:{i} observed {observed:.2f}")
+            colour, weight = baker.capture(frame, fit)
+            if float(weight[baker.chart].mean()) < min_observed:
+                skipped.append(f"{clip.name}:{i} observed {float(weight[baker.chart].mean()):.2f}")
                 continue
-            textures.append(tex)
-            bases.append(base)
-            sources.append(f"{clip.name}:{i}")
+            captures.append((colour, weight))
+            used.append(str(i))
+        if not captures:
+            continue
+        # One texture per subject: the frames of a clip are combined (expression shading voted out).
+        tex, base, _ = baker.finish(*combine_captures(captures))
+        textures.append(tex)
+        bases.append(base)
+        sources.append(f"{clip.name}:{','.join(used)}")
     if skipped:
         log.warning("texture bank: skipped %d frames: %s", len(skipped), "; ".join(skipped))
     if not textures:
@@ -425,7 +550,7 @@ def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(prog="python -m training.textures", description=__doc__.split("\n")[0])
     sub = ap.add_subparsers(dest="cmd", required=True)
     b = sub.add_parser("build", help="build the texture bank from the shared clips")
-    b.add_argument("--frames-per-clip", type=int, default=4)
+    b.add_argument("--frames-per-clip", type=int, default=6)
     b.add_argument("--out", type=Path, default=BANK_PATH)
     b.add_argument("--preview", type=Path, help="also write a JPEG sheet of the textures")
     args = ap.parse_args(argv)

@@ -20,6 +20,7 @@ import numpy as np
 from PIL import Image
 from pydantic import Field, field_validator
 
+from engine import redetect
 from engine.frame import Face, Frame
 from engine.plugin import PluginOptions, Stage
 
@@ -213,6 +214,10 @@ class CenterFaceDetector(Stage):
         max_wait_ms: float = Field(10.0, ge=0, description="Longest wait for a batch to fill after its first frame.")
         min_face_size: float = Field(0, ge=0, description="Drop faces whose box is narrower or shorter (pixels).")
         intra_op_threads: int | None = Field(None, ge=1, description="ONNX Runtime threads; none = its default.")
+        detect_every: int = Field(
+            1, ge=1, description="Detect on every N-th frame of a stream (others: meta detected=False, no faces; the "
+            "landmark stage tracks faces there and asks for a detection when it loses one, see engine/redetect.py)."
+        )
 
         @field_validator("input_size")
         @classmethod
@@ -228,6 +233,7 @@ class CenterFaceDetector(Stage):
         self.batch_size = options.batch_size
         self.max_wait_ms = options.max_wait_ms
         self.detector: CenterFace | None = None
+        self._since_detection: dict[str, int] = {}  # stream id -> frames since its last detection
 
     def start(self) -> None:
         o = self.options
@@ -237,7 +243,11 @@ class CenterFaceDetector(Stage):
         if self.detector is None:
             self.start()
         min_size = self.options.min_face_size
-        for frame, det in zip(frames, self.detector.detect_batch([f.image for f in frames])):
+        chosen = [f for f in frames if self._should_detect(f)]
+        for frame in frames:
+            frame.meta["detected"] = False
+        for frame, det in zip(chosen, self.detector.detect_batch([f.image for f in chosen]) if chosen else []):
+            frame.meta["detected"] = True
             sizes = np.minimum(det.boxes[:, 2] - det.boxes[:, 0], det.boxes[:, 3] - det.boxes[:, 1])
             frame.faces = [
                 Face(box=det.boxes[i], score=float(det.scores[i]), keypoints=det.keypoints[i])
@@ -245,3 +255,18 @@ class CenterFaceDetector(Stage):
                 if sizes[i] >= min_size
             ]
         return frames
+
+    def _should_detect(self, frame: Frame) -> bool:
+        """Every ``detect_every``-th frame of a stream, its first frame, and when a later stage asked."""
+        every = self.options.detect_every
+        since = self._since_detection.get(frame.stream_id)
+        requested = redetect.take(frame.stream_id) if every > 1 else False
+        if since is None or since + 1 >= every or requested:
+            self._since_detection[frame.stream_id] = 0
+            if frame.meta.get("end_of_stream"):
+                self._since_detection.pop(frame.stream_id, None)
+            return True
+        self._since_detection[frame.stream_id] = since + 1
+        if frame.meta.get("end_of_stream"):
+            self._since_detection.pop(frame.stream_id, None)
+        return False

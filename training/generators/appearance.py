@@ -129,3 +129,41 @@ def apply_artefacts(image: np.ndarray, art: dict, rng: np.random.Generator) -> n
         Image.fromarray(out).save(buf, format="JPEG", quality=art["jpeg"])
         out = np.asarray(Image.open(io.BytesIO(buf.getvalue())).convert("RGB"))
     return out
+
+
+CLOTH_COLOURS = np.array([  # linear RGB: black, charcoal, navy, white, grey, olive, burgundy, denim, beige
+    [0.012, 0.012, 0.014], [0.05, 0.05, 0.055], [0.015, 0.02, 0.06], [0.55, 0.55, 0.53], [0.2, 0.2, 0.2],
+    [0.07, 0.08, 0.035], [0.12, 0.015, 0.025], [0.06, 0.1, 0.17], [0.4, 0.32, 0.22],
+])
+
+
+def sample_look(rng: np.random.Generator) -> dict:
+    """Hair volume, clothing at the neck, how the neck's cut fades out, skin and hair light response."""
+    clothed = rng.random() < 0.65
+    return {
+        "hair_thickness_cm": float(rng.uniform(0.2, 1.3)),
+        "collar_cm": float(rng.uniform(-15.5, -12.0)) if clothed else None,
+        "collar_dip_cm": float(rng.uniform(0.0, 3.0)),
+        "cloth_colour": (CLOTH_COLOURS[rng.integers(len(CLOTH_COLOURS))] * rng.uniform(0.7, 1.3, 3)).tolist(),
+        "neck_fade_cm": float(rng.uniform(2.5, 6.0)),
+        "subsurface": float(rng.uniform(0.6, 1.4)),
+        "hair_sheen": float(rng.uniform(0.15, 0.5)),
+    }
+
+
+def hair_map(rng: np.random.Generator, colour: np.ndarray, width: int = 512, height: int = 256) -> np.ndarray:
+    """(height,width,4) uint8 strand map: sRGB hair colour and strand density (alpha).
+
+    Columns are azimuth around the head and rows the angle from the crown, so blurring noise much
+    more along the rows than across them makes strands that run from the crown down. Clumps (low
+    frequency) and per-strand brightness and hue jitter keep it from looking like a swim cap."""
+    fine = ndimage.gaussian_filter(rng.normal(0, 1, (height, width)), (6.0, 0.6), mode="wrap")
+    mid = ndimage.gaussian_filter(rng.normal(0, 1, (height, width)), (14.0, 2.5), mode="wrap")
+    clump = ndimage.gaussian_filter(rng.normal(0, 1, (height, width)), (20.0, 10.0), mode="wrap")
+    s = fine / fine.std() * 0.6 + mid / mid.std() * 0.3 + clump / clump.std() * 0.35
+    density = np.clip(0.55 + 0.35 * s, 0, 1)
+    bright = np.exp(0.35 * s)[..., None]
+    hue = 1.0 + 0.06 * (mid / mid.std())[..., None] * np.array([1.0, 0.2, -0.8])
+    lin = np.clip(np.asarray(colour, np.float64) * bright * hue, 0, 1)
+    rgb = linear_to_srgb(lin)
+    return (np.dstack([rgb, density]) * 255.0 + 0.5).astype(np.uint8)

@@ -1,14 +1,16 @@
 """The embedded generator: a textured ICT FaceKit morphable head rendered headless (docs/generator.md).
 
 Geometry: ICT identity weights ~ N(0, scale) and a sparse, plausible mix of the 53 expressions.
-Appearance: a UV skin texture taken from a real video frame (training/textures.py), varied in tone,
-colour and make-up; eyes, teeth, gums and sockets in material colours; scalp hair in a hair colour;
-key + hemisphere light; a real-frame or procedural background; blur, noise and JPEG artefacts.
+Appearance: a UV skin texture taken from real video frames (training/textures.py), varied in tone,
+colour and make-up; procedural eyes; teeth, gums and sockets in material colours; scalp hair from a
+strand map with some volume; clothing at the neck and a soft fade of the neck's cut; skin-like
+shading with ambient occlusion; a real-frame or procedural background; blur, noise and JPEG.
 Units are centimetres and the head frame is ICT's (engine/geometry.py).
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import logging
 from dataclasses import dataclass
@@ -19,6 +21,7 @@ from training.generators import appearance as ap
 from training.generators.base import Camera, Identity, Render
 from training.generators.ict_model import ICTModel, load_ict_model, vertex_normals
 from training.render import Rasterizer, Shading
+from training.render.occlusion import vertex_ambient_occlusion
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +55,11 @@ GUMS = np.array([0.40, 0.09, 0.09])
 MOUTH_SOCKET = np.array([0.10, 0.025, 0.02])
 EYE_SOCKET = np.array([0.04, 0.02, 0.018])
 IRIS_HALF_ANGLE = 0.5  # rad: an 11.7 mm iris on a 12 mm-radius eyeball
+HAIR_CENTRE = np.array([0.0, 2.0, 1.0])  # cm, head frame: centre of the hair map's sphere
+NECK_BOTTOM_CM = -19.3  # lowest neutral vertex: the cut edge of the neck
+DEFAULT_LOOK = {"hair_thickness_cm": 0.5, "collar_cm": None, "collar_dip_cm": 0.0, "cloth_colour": [0.1, 0.1, 0.1],
+                "neck_fade_cm": 4.0, "subsurface": 1.0, "hair_sheen": 0.3}
+TEXTURED_AO = 0.35  # photo textures already carry their creases' shading: apply AO only partly
 
 
 @dataclass
@@ -62,8 +70,10 @@ class _Layout:
     corner_uv: np.ndarray  # (C,2) tile-local
     corner_material: np.ndarray  # (C,) material index
     indices: np.ndarray  # (F,3) into corners
-    hair_weight: np.ndarray  # (V,) scalp coverage on the neutral head (0..1), before per-identity shift
-    hair_height: np.ndarray  # (V,) signed cm above the hairline (for shifting the hairline)
+    hair_height: np.ndarray  # (V,) signed cm above the neutral hairline (shifted per identity)
+    hair_uv: np.ndarray  # (V,2) hair map coordinates: azimuth around the head, angle from the crown
+    neck_y: np.ndarray  # (V,) neutral height (cm), for the collar and the fade of the neck's cut
+    hair_allow: np.ndarray  # (V,) 0 on the ears (hair goes behind them), 1 elsewhere
 
 
 def _build_layout(model: ICTModel) -> _Layout:
@@ -81,7 +91,20 @@ def _build_layout(model: ICTModel) -> _Layout:
     v = model.neutral
     line = np.interp(v[:, 2], [-6.0, -2.0, 1.5, 5.0, 8.0], [-9.5, -4.0, 5.5, 9.0, 10.8])
     h = v[:, 1] - line
-    return _Layout(corner_vertex, uv, mat, inverse.reshape(-1, 3).astype(np.int32), h, h)
+    # Strands run from the crown down: u = azimuth around the vertical axis (seam at the back of the
+    # head, never seen by the cameras), v = polar angle from the crown.
+    d = v - HAIR_CENTRE
+    hair_uv = np.stack([np.arctan2(d[:, 0], d[:, 2]) / (2 * np.pi) + 0.5,
+                        np.arccos(np.clip(d[:, 1] / np.linalg.norm(d, axis=1), -1, 1)) / np.pi], axis=1)
+    ears = _smoothstep(7.0, 7.8, np.abs(v[:, 0])) * _smoothstep(7.5, 6.5, v[:, 1]) * _smoothstep(4.0, 3.0, np.abs(v[:, 2]))
+    return _Layout(corner_vertex, uv, mat, inverse.reshape(-1, 3).astype(np.int32), h, hair_uv, v[:, 1].copy(), 1.0 - ears)
+
+
+@functools.lru_cache(maxsize=1)
+def _neutral_ao() -> np.ndarray:
+    m = load_ict_model()
+    keep = m.drawn_triangles()
+    return vertex_ambient_occlusion(m.neutral, vertex_normals(m.neutral, m.triangles), m.triangles[keep]).astype(np.float32)
 
 
 def _smoothstep(a, b, x):
@@ -119,10 +142,12 @@ class ICTHeadGenerator:
         self.raster = Rasterizer.shared()
         lay = self.layout
         n = len(lay.corner_vertex)
-        self._gl = self.raster.mesh(lay.corner_uv, np.zeros((n, 3)), np.zeros((n, 2)), lay.indices)
+        self._gl = self.raster.mesh(lay.corner_uv, np.zeros((n, 3)), np.zeros((n, 4)), lay.indices, hair=np.zeros((n, 3)))
         self._gl_identity: int | None = None
         self._geometry_cache: tuple[int, np.ndarray, np.ndarray] | None = None
         self._skin_cache: tuple[int, np.ndarray] | None = None
+        self._hair_cache: tuple[tuple, np.ndarray] | None = None
+        self._drawn: tuple[np.ndarray, np.ndarray] | None = None
         m = self.model
         self._mat = {name: i for i, name in enumerate(m.material_names)}
         self._iris = [m.masks["iris_left"], m.masks["iris_right"]]
@@ -142,6 +167,7 @@ class ICTHeadGenerator:
             "light": ap.sample_light(rng),
             "background": {"photo": bool(rng.random() < 0.6), "seed": int(rng.integers(2**31))},
         }
+        params["look"] = ap.sample_look(rng)  # drawn last: the draws above keep their values
         return Identity(seed=int(seed), params=params)
 
     def _sample_expression(self, rng: np.random.Generator) -> np.ndarray:
@@ -177,32 +203,61 @@ class ICTHeadGenerator:
             self._geometry_cache = (key, v, vertex_normals(v, self.model.triangles))
         return self._geometry_cache[1], self._geometry_cache[2]
 
+    def _drawn_vertices(self, identity: Identity) -> tuple[np.ndarray, np.ndarray]:
+        """Vertices and normals as drawn: the scalp pushed out along the normals by the hair's volume
+        (landmarks, ``vertices_cam`` and the returned mesh stay the morphable model's own)."""
+        v, n = self.geometry(identity)
+        p = identity.params
+        look = p.get("look", DEFAULT_LOOK)
+        h = self.layout.hair_height - p["hairline_shift_cm"]
+        disp = look["hair_thickness_cm"] * _smoothstep(-0.2, 2.5, h) * self.layout.hair_allow
+        return v + n * disp[:, None].astype(np.float32), n
+
+    @functools.cached_property
+    def ao(self) -> np.ndarray:
+        """(V,) ambient occlusion of the neutral head (computed once per process)."""
+        return _neutral_ao()
+
     @staticmethod
     def _identity_key(identity: Identity) -> int:
         return hash((identity.seed, id(identity)))
 
-    def _albedo(self, identity: Identity) -> tuple[np.ndarray, np.ndarray]:
-        """Per-corner linear albedo and (skin texture weight, specular weight)."""
+    def _albedo(self, identity: Identity) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Per-corner linear albedo, material (skin texture weight, specular weight, ambient
+        occlusion, alpha) and hair (map u, v, coverage)."""
         p, lay, mat, m = identity.params, self.layout, self._mat, self.model
         v_head, _ = self.geometry(identity)
         cv, cm = lay.corner_vertex, lay.corner_material
         skin = ap.srgb_to_linear(np.asarray(self.bank.base_colours[p["texture"]]) * self._skin_gain(p))
         alb = np.tile(skin, (len(cv), 1))
-        matw = np.zeros((len(cv), 2))
+        matw = np.zeros((len(cv), 4))
+        matw[:, 3] = 1.0
         face = cm == mat["M_Face"]
-        matw[face] = (1.0, 1.0)
+        matw[face, :2] = (1.0, 1.0)
         back = cm == mat["M_BackHead"]
         matw[back, 1] = 0.6
-        # Scalp hair: per-vertex coverage above a shifted hairline, with strand-like brightness noise.
+        # Scalp hair: coverage above a shifted hairline; the shader blends in the strand map
+        # (hair_map) where the coverage and the strands' own density say so.
+        hair = np.zeros((len(cv), 3))
+        hair[:, :2] = lay.hair_uv[cv]
         h = lay.hair_height[cv] - p["hairline_shift_cm"]
-        hair_w = _smoothstep(-0.6, 0.8, h)
-        noise = np.random.default_rng(identity.seed).uniform(0.55, 1.25, m.num_vertices)[cv]
-        hair_rgb = np.asarray(p["hair_colour"]) * noise[:, None]
-        for sel in (back, face):
-            hw = hair_w[sel][:, None]
-            alb[sel] = alb[sel] * (1 - hw) + hair_rgb[sel] * hw
-            matw[sel, 0] *= 1 - hair_w[sel]
-            matw[sel, 1] *= 1 - 0.7 * hair_w[sel]
+        hair[face | back, 2] = (_smoothstep(-0.6, 0.8, h) * lay.hair_allow[cv])[face | back]
+        # Neck: clothing below a collar line (some identities), and the cut edge fades out.
+        y = lay.neck_y[cv]
+        look = p.get("look", DEFAULT_LOOK)
+        if look["collar_cm"] is not None:
+            z = self.model.neutral[cv, 2]
+            collar = look["collar_cm"] + look["collar_dip_cm"] * _smoothstep(-2.0, 6.0, z)  # lower in front
+            cloth = (1.0 - _smoothstep(collar - 0.25, collar + 0.25, y)) * (face | back)
+            grain = np.random.default_rng(identity.seed + 7).uniform(0.85, 1.1, m.num_vertices)[cv]
+            alb = alb * (1 - cloth[:, None]) + np.asarray(look["cloth_colour"]) * grain[:, None] * cloth[:, None]
+            matw[:, 0] *= 1 - cloth
+            matw[:, 1] = matw[:, 1] * (1 - cloth) + 0.15 * cloth
+            hair[:, 2] *= 1 - cloth
+        matw[:, 3] = _smoothstep(NECK_BOTTOM_CM + 0.2, NECK_BOTTOM_CM + look["neck_fade_cm"], y)
+        # Ambient occlusion of the neutral mesh; textured skin already shows its creases' shading.
+        ao = self.ao[cv]
+        matw[:, 2] = ao ** (1.0 - (1.0 - TEXTURED_AO) * matw[:, 0])
         # Eyes: the sclera mesh also covers the cornea in front of the iris, so colour both meshes by
         # the angle from the gaze axis (eyeball centre -> iris centre): pupil, iris, limbal ring, white.
         for side, iris_mask in (("left", self._iris[0]), ("right", self._iris[1])):
@@ -218,7 +273,7 @@ class ICTHeadGenerator:
             iris = np.where(ang[:, None] < 0.42, 0.008, iris)
             iris = np.where(ang[:, None] > 0.88, iris * 0.35, iris)
             alb[sel] = np.where(ang[:, None] < 1.0, iris, SCLERA * (0.85 + 0.15 * _smoothstep(1.0, 1.6, ang))[:, None])
-            matw[sel] = (0.0, 2.5)
+            matw[sel, :2] = (0.0, 2.5)
         # Mouth interior darkens with depth behind the lips; sockets are nearly black.
         depth_shade = np.clip((v_head[cv, 2] - 4.0) / 7.0, 0.12, 1.0)[:, None]
         teeth, gums = cm == mat["M_Teeth"], cm == mat["M_GumsTongue"]
@@ -229,11 +284,11 @@ class ICTHeadGenerator:
         # The sockets share the back-head tile: find them by their region masks.
         socket = m.masks["mouth_socket"][cv] & back
         alb[socket] = MOUTH_SOCKET
-        matw[socket] = 0.0
+        matw[socket, :2] = 0.0
         eye_socket = (m.masks["eye_socket_left"] | m.masks["eye_socket_right"])[cv] & back
         alb[eye_socket] = EYE_SOCKET
-        matw[eye_socket] = 0.0
-        return alb, matw
+        matw[eye_socket, :2] = 0.0
+        return alb, matw, hair
 
     @staticmethod
     def _skin_gain(p: dict) -> np.ndarray:
@@ -249,18 +304,29 @@ class ICTHeadGenerator:
         return self._skin_cache[1]
 
     # -- rendering --------------------------------------------------------------------------------
+    def hair_map(self, identity: Identity) -> np.ndarray:
+        """The identity's strand map (RGBA uint8: sRGB hair colour, strand density)."""
+        key = ("hair", self._identity_key(identity))
+        if self._hair_cache is None or self._hair_cache[0] != key:
+            p = identity.params
+            self._hair_cache = (key, ap.hair_map(np.random.default_rng([identity.seed, 0x4A1]), np.asarray(p["hair_colour"])))
+        return self._hair_cache[1]
+
+    # -- rendering --------------------------------------------------------------------------------
     def render(self, identity: Identity, camera: Camera) -> Render:
         p = identity.params
         v_head, n_head = self.geometry(identity)
         if self._gl_identity != self._identity_key(identity):
             self._gl.set_albedo(self.layout.corner_uv, *self._albedo(identity))
+            self._drawn = self._drawn_vertices(identity)
             self._gl_identity = self._identity_key(identity)
         R, t = np.asarray(camera.R, np.float64), np.asarray(camera.t, np.float64)
         v_cam = v_head @ R.T + t
-        n_cam = n_head @ R.T
         cv = self.layout.corner_vertex
-        self._gl.set_geometry(v_cam[cv], n_cam[cv])
+        v_draw, n_draw = self._drawn
+        self._gl.set_geometry((v_draw @ R.T + t)[cv], (n_draw @ R.T)[cv])
         light = p["light"]
+        look = p.get("look", DEFAULT_LOOK)
         shading = Shading(
             light_dir=tuple(R @ np.asarray(light["dir_head"])),
             light_color=tuple(light["key"]),
@@ -269,11 +335,14 @@ class ICTHeadGenerator:
             up_dir=tuple(R @ np.array([0.0, 1.0, 0.0])),
             specular=light["specular"],
             gloss=light["gloss"],
+            subsurface=look["subsurface"],
+            hair_sheen=look["hair_sheen"],
         )
         skin = self.skin_texture(identity)
+        key = self._identity_key(identity)
         r = self.raster.draw(self._gl, camera.K, camera.width, camera.height, skin,
-                             skin_key=("skin", self._identity_key(identity)), shading=shading,
-                             supersample=self.supersample)
+                             skin_key=("skin", key), shading=shading, supersample=self.supersample,
+                             hair=self.hair_map(identity), hair_key=("hair", key))
         # Per-render nuisances depend on the identity and the camera only: renders are reproducible.
         rng = np.random.default_rng([identity.seed, _camera_hash(camera)])
         bg = self._background(p["background"], rng, camera)

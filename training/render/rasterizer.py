@@ -34,6 +34,8 @@ class Shading:
     wrap: float = 0.35
     specular: float = 0.25
     gloss: float = 24.0
+    subsurface: float = 1.0  # red-channel light bleed past the terminator (skin), 0 = plain wrap
+    hair_sheen: float = 0.35  # strength of the broad highlight on hair
 
 
 @dataclass
@@ -49,30 +51,45 @@ def _intrinsics(K: np.ndarray, scale: float) -> tuple[float, float, float, float
     return (K[0, 0] * scale, K[1, 1] * scale, (K[0, 2] + 0.5) * scale, (K[1, 2] + 0.5) * scale)
 
 
+def _static_attributes(uv, albedo, material, hair=None) -> bytes:
+    """Packs per-corner static attributes: uv (2), albedo (3), material (4), hair (3).
+
+    ``material`` columns: skin texture weight, specular weight, ambient occlusion (1 = open),
+    alpha (1 = opaque); missing trailing columns default to (0, 0, 1, 1). ``hair`` columns: hair
+    texture u, v and hair weight (default 0: no hair)."""
+    n = len(uv)
+    mat = np.tile(np.array([0.0, 0.0, 1.0, 1.0], np.float32), (n, 1))
+    material = np.asarray(material, np.float32).reshape(n, -1)
+    mat[:, : material.shape[1]] = material
+    hair = np.zeros((n, 3), np.float32) if hair is None else np.asarray(hair, np.float32)
+    return np.hstack([uv, albedo, mat, hair]).astype("f4").tobytes()
+
+
 class GLMesh:
     """A triangle mesh with per-corner static attributes, uploaded once.
 
-    ``uv`` (C,2), ``albedo`` (C,3) linear RGB, ``material`` (C,2) = (skin texture weight, specular
+    ``uv`` (C,2), ``albedo`` (C,3) linear RGB, ``material`` (C,2..4) = (skin texture weight,
+    specular weight[, ambient occlusion, alpha]), optional ``hair`` (C,3) = (hair texture u, v,
     weight), ``indices`` (F,3) into the C corners. Positions/normals come with every draw.
     """
 
-    def __init__(self, raster: Rasterizer, uv, albedo, material, indices):
+    def __init__(self, raster: Rasterizer, uv, albedo, material, indices, hair=None):
         ctx = raster.ctx
         self.num_corners = len(uv)
-        self.vbo_static = ctx.buffer(np.hstack([uv, albedo, material]).astype("f4").tobytes())
+        self.vbo_static = ctx.buffer(_static_attributes(uv, albedo, material, hair))
         self.vbo_dynamic = ctx.buffer(reserve=self.num_corners * 6 * 4)
         self.ibo = ctx.buffer(np.ascontiguousarray(indices, dtype="i4").tobytes())
         self.vao_shade = ctx.vertex_array(
             raster.shade,
             [(self.vbo_dynamic, "3f 3f", "in_pos", "in_normal"),
-             (self.vbo_static, "2f 3f 2f", "in_uv", "in_albedo", "in_mat")],
+             (self.vbo_static, "2f 3f 4f 3f", "in_uv", "in_albedo", "in_mat", "in_hair")],
             self.ibo,
         )
         self._raster = raster
         self._vao_bake = None
 
-    def set_albedo(self, uv, albedo, material) -> None:
-        self.vbo_static.write(np.hstack([uv, albedo, material]).astype("f4").tobytes())
+    def set_albedo(self, uv, albedo, material, hair=None) -> None:
+        self.vbo_static.write(_static_attributes(uv, albedo, material, hair))
 
     def set_geometry(self, positions: np.ndarray, normals: np.ndarray) -> None:
         self.vbo_dynamic.write(np.hstack([positions, normals]).astype("f4").tobytes())
@@ -81,7 +98,7 @@ class GLMesh:
         if self._vao_bake is None:
             self._vao_bake = self._raster.ctx.vertex_array(
                 self._raster.bake,
-                [(self.vbo_dynamic, "3f 3f", "in_pos", "in_normal"), (self.vbo_static, "2f 1f 16x", "in_uv", "in_allow")],
+                [(self.vbo_dynamic, "3f 3f", "in_pos", "in_normal"), (self.vbo_static, "2f 1f 36x", "in_uv", "in_allow")],
                 self.ibo,
             )
         return self._vao_bake
@@ -124,8 +141,8 @@ class Rasterizer:
                 cls._shared = cls()
             return cls._shared
 
-    def mesh(self, uv, albedo, material, indices) -> GLMesh:
-        return GLMesh(self, uv, albedo, material, indices)
+    def mesh(self, uv, albedo, material, indices, hair=None) -> GLMesh:
+        return GLMesh(self, uv, albedo, material, indices, hair)
 
     # -- textures -------------------------------------------------------------------------------
     def texture(self, slot: str, image: np.ndarray, key: object = None, mipmaps: bool = True) -> moderngl.Texture:
@@ -175,8 +192,13 @@ class Rasterizer:
         skin_key: object = None,
         shading: Shading | None = None,
         supersample: int | None = None,
+        hair: np.ndarray | None = None,
+        hair_key: object = None,
     ) -> Raster:
-        """Renders ``mesh`` (geometry already set, camera space) through the pinhole ``K``."""
+        """Renders ``mesh`` (geometry already set, camera space) through the pinhole ``K``.
+
+        ``skin`` is the sRGB texture sampled at the corners' uv, ``hair`` (sRGB, optional) the one sampled
+        at their hair coordinates."""
         ss = self.supersample if supersample is None else supersample
         W, H = width * ss, height * ss
         s = shading or Shading()
@@ -184,11 +206,18 @@ class Rasterizer:
         prog["intr"].value = _intrinsics(K, ss)
         prog["size"].value = (W, H)
         prog["near_far"].value = NEAR_FAR
-        for name in ("light_dir", "light_color", "sky_color", "ground_color", "up_dir", "wrap", "specular", "gloss"):
+        for name in ("light_dir", "light_color", "sky_color", "ground_color", "up_dir", "wrap", "specular", "gloss",
+                     "subsurface", "hair_sheen"):
             if name in prog:
                 prog[name].value = getattr(s, name)
         self.texture("skin", skin, key=skin_key).use(0)
         prog["skin"].value = 0
+        if hair is None:
+            hair, hair_key = np.zeros((1, 1, 3), np.uint8), "none"
+        hair_tex = self.texture("hair", hair, key=hair_key)
+        hair_tex.repeat_x = True  # the hair map wraps around the head
+        hair_tex.use(1)
+        prog["hair"].value = 1
         fbo = self._fbo("shade", W, H)
         fbo.use()
         fbo.clear(0.0, 0.0, 0.0, 0.0)

@@ -8,12 +8,14 @@ in vec3 in_pos;
 in vec3 in_normal;
 in vec2 in_uv;
 in vec3 in_albedo;
-in vec2 in_mat;
+in vec4 in_mat;
+in vec3 in_hair;
 out vec3 v_pos;
 out vec3 v_normal;
 out vec2 v_uv;
 out vec3 v_albedo;
-out vec2 v_mat;
+out vec4 v_mat;
+out vec3 v_hair;
 void main() {
     float z = in_pos.z;
     float n = near_far.x, f = near_far.y;
@@ -26,4 +28,5 @@ void main() {
     v_uv = in_uv;
     v_albedo = in_albedo;
     v_mat = in_mat;
+    v_hair = in_hair;
 }

@@ -1,0 +1,62 @@
+"""``tracker`` stage: gives every detected face a ``track_id`` that is stable over a stream's frames.
+
+For pipelines without the landmark stage (which runs its own tracker and smoother per stream): put it
+after ``centerface``. One :class:`IoUTracker` per stream id; a stream's tracker is dropped after the
+stream's last frame (``meta["end_of_stream"]``) so long runs over many files do not accumulate state.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from pydantic import Field
+
+from engine.frame import Frame
+from engine.landmarks68 import NUM_LANDMARKS
+from engine.plugin import PluginOptions, Stage
+from plugins.trackers.iou_tracker import IoUTracker
+
+
+class TrackerStage(Stage):
+    """Face tracking (IoU + Hungarian): sets Face.track_id, unique and stable per stream."""
+
+    name = "tracker"
+
+    class Options(PluginOptions):
+        iou_threshold: float = Field(0.3, ge=0, le=1, description="Minimum box IoU to continue a track.")
+        max_age: int = Field(
+            30, ge=0, description="Frames a track survives unmatched; a face back later gets a new id."
+        )
+        use_landmarks: bool = Field(
+            True, description="Also match by 68-landmark similarity when faces carry landmarks_2d."
+        )
+
+    options: Options
+
+    def __init__(self, options: Options):
+        super().__init__(options)
+        self.trackers: dict[str, IoUTracker] = {}
+
+    def tracker_for(self, stream_id: str) -> IoUTracker:
+        tracker = self.trackers.get(stream_id)
+        if tracker is None:
+            o = self.options
+            tracker = self.trackers[stream_id] = IoUTracker(o.iou_threshold, o.max_age, o.use_landmarks)
+        return tracker
+
+    def process(self, frames: list[Frame]) -> list[Frame]:
+        for frame in frames:
+            tracker = self.tracker_for(frame.stream_id)
+            faces = frame.faces
+            boxes = np.array([f.box for f in faces], np.float32).reshape(-1, 4)
+            scores = np.array([f.score for f in faces], np.float32)
+            landmarks = None
+            if faces and any(f.landmarks_2d is not None for f in faces):
+                landmarks = np.stack(
+                    [np.full((NUM_LANDMARKS, 2), np.nan) if f.landmarks_2d is None else f.landmarks_2d for f in faces]
+                )
+            ids = tracker.update(boxes, scores, frame.index, landmarks)
+            for face, tid in zip(faces, ids):
+                face.track_id = int(tid)
+            if frame.meta.get("end_of_stream"):
+                del self.trackers[frame.stream_id]
+        return frames
