@@ -1,9 +1,9 @@
 """Activation ranges of every float tensor of an ONNX model over calibration batches.
 
-Two methods, both from one pass of 2048-bin |x| histograms:
+Two methods, both on the same 2048-bin |x| histograms (:func:`collect_histograms`):
 - ``entropy``: the clipping threshold minimising the KL divergence between the tensor's histogram and
   its 8-bit quantised version (TensorRT's entropy calibration, the IInt8EntropyCalibrator2 idea);
-- ``percentile``: the symmetric |x| percentile (99.999 by default), robust to rare outliers.
+- ``percentile``: the |x| percentile (99.999 by default), robust to rare outliers.
 
 Ranges are saved in onnxruntime's JSON calibration cache (``save_tensors_data``), which
 ``quantize_static(calibration_cache_path=...)`` reads back without calibrating again; ``amax``
@@ -12,17 +12,16 @@ turns them into the symmetric per-tensor maxima that TensorRT's calibration cach
 
 from __future__ import annotations
 
-import contextlib
-import io
 import logging
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Literal
 
 import numpy as np
+import onnx
+import onnxruntime as ort
 from onnxruntime.quantization import CalibrationDataReader, CalibrationMethod
-from onnxruntime.quantization.calibrate import TensorData, TensorsData, create_calibrator, load_tensors_data, save_tensors_data
+from onnxruntime.quantization.calibrate import TensorData, TensorsData, load_tensors_data, save_tensors_data
 
 log = logging.getLogger(__name__)
 
@@ -83,34 +82,82 @@ def kl_threshold(hist: np.ndarray, edges: np.ndarray, quant_bins: int = 128) -> 
     return float(edges[min(fine, key=kl)])
 
 
+def _augmented(onnx_path: str | Path, op_types: list[str] | None) -> tuple[bytes, list[str]]:
+    """The model with every float activation (or those around ``op_types`` nodes) as an output."""
+    model = onnx.shape_inference.infer_shapes(onnx.load(str(onnx_path)))
+    graph = model.graph
+    floats = {v.name for v in [*graph.value_info, *graph.input, *graph.output]
+              if v.type.tensor_type.elem_type == onnx.TensorProto.FLOAT}
+    initializers = {i.name for i in graph.initializer}
+    names: list[str] = []
+    for node in graph.node:
+        if node.op_type == "Constant" or (op_types is not None and node.op_type not in op_types):
+            continue
+        for t in (*node.input, *node.output):
+            if t in floats and t not in initializers and t not in names:
+                names.append(t)
+    existing = {o.name for o in graph.output}
+    for t in names:
+        if t not in existing:
+            graph.output.append(onnx.helper.make_tensor_value_info(t, onnx.TensorProto.FLOAT, None))
+    return model.SerializeToString(), names
+
+
+def collect_histograms(onnx_path: str | Path, inputs: np.ndarray, batch_size: int = 16,
+                       op_types: list[str] | None = None) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """Tensor name -> (|x| histogram with HIST_BINS bins over [0, amax], its edges).
+
+    Two passes over the inputs (amax, then histograms on that fixed range): exact, and robust to
+    constant or near-constant tensors (onnxruntime's own collector fails on those with "Too many
+    bins for data range").
+    """
+    model_bytes, names = _augmented(onnx_path, op_types)
+    session = ort.InferenceSession(model_bytes, providers=["CPUExecutionProvider"])
+    input_name = session.get_inputs()[0].name
+    reader = BatchReader(inputs, batch_size, input_name)
+
+    def batches():
+        reader.rewind()
+        while (feed := reader.get_next()) is not None:
+            yield dict(zip(names, session.run(names, feed)))
+
+    amax_ = dict.fromkeys(names, 0.0)
+    for out in batches():
+        for n, v in out.items():
+            amax_[n] = max(amax_[n], float(np.nanmax(np.abs(v))) if v.size else 0.0)
+    hists = {n: np.zeros(HIST_BINS, np.int64) for n in names}
+    edges = {n: np.linspace(0.0, max(amax_[n], 1e-12), HIST_BINS + 1) for n in names}
+    for out in batches():
+        for n, v in out.items():
+            hists[n] += np.histogram(np.abs(v.astype(np.float64)), bins=edges[n])[0]
+    return {n: (hists[n], edges[n]) for n in names}
+
+
+def percentile_threshold(hist: np.ndarray, edges: np.ndarray, percentile: float) -> float:
+    """The upper edge of the bin where the |x| cumulative distribution reaches ``percentile``."""
+    total = hist.sum()
+    if total == 0:
+        return float(edges[-1])
+    i = int(np.searchsorted(np.cumsum(hist) / total, percentile / 100.0))
+    return float(edges[min(i + 1, len(edges) - 1)])
+
+
 def compute_ranges(
     onnx_path: str | Path, inputs: np.ndarray, percentile: float = 99.999, batch_size: int = 16,
     op_types: list[str] | None = None,
 ) -> dict[str, TensorsData]:
-    """{"entropy": ..., "percentile": ...} ranges of the float tensors of ``onnx_path`` over
-    ``inputs`` ((N, 3, S, S) float32); all tensors, or the inputs/outputs of ``op_types`` only.
-
-    One pass collects symmetric |x| histograms (onnxruntime's percentile calibrator, 2048 bins);
-    percentile thresholds come from onnxruntime, entropy thresholds from :func:`kl_threshold` on the
-    same histograms (onnxruntime's own entropy search is a pure-Python loop: minutes per model).
-    """
-    with tempfile.TemporaryDirectory(prefix="calib.") as tmp:
-        calibrator = create_calibrator(
-            Path(onnx_path), op_types, augmented_model_path=str(Path(tmp) / "augmented.onnx"),
-            calibrate_method=CalibrationMethod.Percentile,
-            extra_options={"symmetric": True, "num_bins": HIST_BINS, "percentile": percentile},
-        )
-        calibrator.collect_data(BatchReader(inputs, batch_size))
-        with contextlib.redirect_stdout(io.StringIO()):  # it prints a banner per call
-            pct = calibrator.compute_data()
-        histograms = dict(calibrator.collector.histogram_dict)
-        del calibrator
-    entropy = {}
-    for name, (hist, edges, lo, hi) in histograms.items():
-        t = min(kl_threshold(hist, edges), float(max(abs(float(lo)), abs(float(hi)))))
-        entropy[name] = TensorData(lowest=np.array(-t, np.float32), highest=np.array(t, np.float32))
-    log.info("entropy and percentile ranges computed for %d tensors over %d inputs", len(entropy), len(inputs))
-    return {"entropy": TensorsData(CalibrationMethod.Entropy, entropy), "percentile": pct}
+    """{"entropy": ..., "percentile": ...} symmetric ranges of the float activations of ``onnx_path``
+    over ``inputs`` ((N, 3, S, S) float32): all of them, or those around ``op_types`` nodes."""
+    histograms = collect_histograms(onnx_path, inputs, batch_size, op_types)
+    out = {}
+    for method, threshold in (("entropy", kl_threshold), ("percentile", lambda h, e: percentile_threshold(h, e, percentile))):
+        data = {}
+        for name, (hist, edges) in histograms.items():
+            t = threshold(hist, edges)
+            data[name] = TensorData(lowest=np.array(-t, np.float32), highest=np.array(t, np.float32))
+        out[method] = TensorsData(METHODS[method], data)
+    log.info("entropy and percentile ranges computed for %d tensors over %d inputs", len(histograms), len(inputs))
+    return out
 
 
 def amax(ranges: TensorsData) -> dict[str, float]:

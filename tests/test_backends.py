@@ -97,13 +97,20 @@ def test_tensorrt_missing_package_or_engine_is_a_clear_error(bundle, tmp_path):
         read_engine_manifest(tmp_path)
 
 
-def test_tensorrt_engine_for_another_gpu_or_version_is_refused(tmp_path):
-    manifest = {"tensorrt_version": "10.9.0", "gpu_name": "NVIDIA H100 80GB HBM3", "precision": "fp16"}
-    check_compatible(manifest, "10.9.0", "NVIDIA H100 80GB HBM3", tmp_path)
-    with pytest.raises(BackendError, match="TensorRT 10.9.0, this is TensorRT 10.13.0; rebuild"):
-        check_compatible(manifest, "10.13.0", "NVIDIA H100 80GB HBM3", tmp_path)
-    with pytest.raises(BackendError, match="built for GPU 'NVIDIA H100 80GB HBM3', this is 'NVIDIA L4'"):
-        check_compatible(manifest, "10.9.0", "NVIDIA L4", tmp_path)
+def test_tensorrt_engine_for_another_gpu_or_version_is_refused():
+    from engine.trt_manifest import EngineManifest, profile_for
+
+    ref = {"file": "model.engine", "sha256": "0" * 64, "bytes": 1}
+    manifest = EngineManifest(
+        tensorrt_version="10.9.0", gpu_name="NVIDIA H100 80GB HBM3", compute_capability=(9, 0), precision="fp16",
+        profile=profile_for(128, 32), inputs=["image"], outputs=["landmarks_2d"], engine=ref, onnx=ref,
+        source_bundle={"path": "b", "name": "b", "manifest_sha256": "0" * 64},
+    )
+    check_compatible(manifest, "10.9.0", "NVIDIA H100 80GB HBM3", (9, 0))
+    with pytest.raises(BackendError, match="TensorRT 10.9.0.*10.13.0.*training.build_engine"):
+        check_compatible(manifest, "10.13.0", "NVIDIA H100 80GB HBM3", (9, 0))
+    with pytest.raises(BackendError, match="NVIDIA L4"):
+        check_compatible(manifest, "10.9.0", "NVIDIA L4", (8, 9))
 
 
 @pytest.mark.gpu

@@ -169,7 +169,7 @@ def test_detect_every_tracks_between_detections_in_waves(bundle, detected_frames
     for f in frames:  # as centerface with detect_every = 3 would leave them
         if f.index % 3:
             f.meta["detected"], f.faces = False, []
-    stage = make_stage(bundle, max_batch=8)
+    stage = make_stage(bundle, max_batch=8, max_wait_ms=1000)  # flush, not the deadline, ends a wave
     for i in range(0, len(frames), 8):
         stage.process(frames[i : i + 8])
     assert max(stage.batcher.batch_sizes) >= 2  # faces of both streams in one call

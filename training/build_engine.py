@@ -99,9 +99,10 @@ def onnx_outputs(path: str | Path, x: np.ndarray, batch: int = 32) -> dict[str, 
 
 # --- figures ---------------------------------------------------------------------------------------
 def rotation_angle_deg(Ra: np.ndarray, Rb: np.ndarray) -> np.ndarray:
-    """(N,) geodesic angle between rotations (N, 3, 3), degrees."""
-    cos = (np.einsum("nij,nij->n", Ra, Rb) - 1.0) / 2.0
-    return np.degrees(np.arccos(np.clip(cos, -1.0, 1.0)))
+    """(N,) geodesic angle between rotations (N, 3, 3), degrees. ``|Ra - Rb|_F = 2 sqrt(2) sin(a / 2)``:
+    accurate for tiny angles, where arccos of the trace loses them to rounding."""
+    chord = np.linalg.norm((np.asarray(Ra, np.float64) - Rb).reshape(len(Ra), -1), axis=-1)
+    return np.degrees(2.0 * np.arcsin(np.clip(chord / (2.0 * np.sqrt(2.0)), 0.0, 1.0)))
 
 
 def compare_outputs(ref: dict[str, np.ndarray], got: dict[str, np.ndarray], crops: CropSet) -> dict:

@@ -241,6 +241,9 @@ def skin_weight(colour: np.ndarray, weight: np.ndarray) -> tuple[np.ndarray, np.
         return np.zeros_like(weight), np.array([0.75, 0.58, 0.48])
     med = np.median(lab[ref], axis=0)
     spread = np.median(np.abs(lab[ref] - med), axis=0) * 1.48 + np.array([2.0, 1.5, 1.5])
+    # A strongly side-lit face has a wide lightness spread; cap it, or shadowed jaws pass as skin (the
+    # mirror and the fill give a better colour for them than their shadow).
+    spread[0] = min(spread[0], 7.0)
     dl = (lab[..., 0] - med[0]) / spread[0]
     dab = np.hypot(*((lab[..., 1:] - med[1:]) / spread[1:]).transpose(2, 0, 1))
     # Darker than skin is the usual defect (hair, shadow, eyes): tolerate less below than above.
@@ -258,24 +261,33 @@ def skin_weight(colour: np.ndarray, weight: np.ndarray) -> tuple[np.ndarray, np.
     return accept, base
 
 
+def _low_pass(lum: np.ndarray, weight: np.ndarray, sigma: float) -> np.ndarray:
+    return ndimage.gaussian_filter(lum * weight, sigma) / np.maximum(ndimage.gaussian_filter(weight, sigma), 1e-4)
+
+
 def delight(colour: np.ndarray, weight: np.ndarray, strength: float = 0.75) -> np.ndarray:
     """Flattens the photo's own low-frequency shading (dark jaw undersides, shadowed cheek sides).
 
     The renderer lights the head itself (and adds ambient occlusion), so a texture should be close to
     albedo: divide out ``strength`` of the weighted low-pass luminance relative to its median, keeping
-    the fine detail (brows, lashes line, wrinkles, pores)."""
+    the fine detail (brows, lash line, wrinkles). Near the rim of the captured region a wide low-pass
+    also averages the bright inside, so a second, narrow pass evens out the rim (a dark ring would
+    otherwise be spread outwards by the fill); lips, brows and eyes keep their own tone there."""
     size = colour.shape[0]
     lum = colour.mean(axis=2)
-    sigma = 14.0 * size / 512
-    num = ndimage.gaussian_filter(lum * weight, sigma)
-    den = ndimage.gaussian_filter(weight, sigma)
-    low = num / np.maximum(den, 1e-4)
     ok = weight > 0.5
     if ok.sum() < 100:
         return colour
     ref = np.median(lum[ok])
-    gain = np.clip(ref / np.maximum(low, 1e-3), 0.5, 2.0) ** strength
-    return np.clip(colour * gain[..., None], 0, 1)
+    s = size / 512
+    gain = np.clip(ref / np.maximum(_low_pass(lum, weight, 14.0 * s), 1e-3), 0.5, 2.0) ** strength
+    lum2 = lum * gain
+    reg = capture_regions(size)
+    features = ndimage.binary_dilation(reg["mouth"] | reg["brows"] | reg["eyes"], iterations=max(1, int(4 * s)))
+    rim = ndimage.distance_transform_edt(weight > 0.3) < 18.0 * s
+    rim_w = np.where(features, 0.0, ndimage.gaussian_filter(rim.astype(np.float32), 4.0 * s))
+    gain2 = np.clip(ref / np.maximum(_low_pass(lum2, weight, 5.0 * s), 1e-3), 0.6, 1.8) ** (0.8 * rim_w)
+    return np.clip(colour * (gain * gain2)[..., None], 0, 1)
 
 
 def combine_captures(captures: list[tuple[np.ndarray, np.ndarray]]) -> tuple[np.ndarray, np.ndarray]:

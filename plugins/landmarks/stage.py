@@ -188,7 +188,7 @@ class LandmarkStage(Stage):
             "auto", description="auto: tensorrt engine if built and importable, else torch on CUDA, else onnxruntime CPU.")
         device: Literal["cpu", "cuda"] | None = Field(None, description="cpu or cuda; none = the backend's best.")
         precision: Literal["fp32", "fp16", "bf16"] = Field("fp32", description="CUDA autocast precision (torch).")
-        engine_dir: str | None = Field(None, description="TensorRT engine folder; default <bundle>/tensorrt.")
+        engine_dir: str | None = Field(None, description="TensorRT engine folder; default <bundle>/engine (training.build_engine).")
         max_batch: int = Field(32, ge=1, le=4096, description="Most faces per backend call (across frames and streams).")
         max_wait_ms: float = Field(10.0, ge=0, description="Longest wait for frames/faces to fill a batch.")
         frame_batch: int = Field(8, ge=1, description="Frames the runtime hands the stage per call (across streams).")

@@ -141,7 +141,7 @@ def sample_look(rng: np.random.Generator) -> dict:
     """Hair volume, clothing at the neck, how the neck's cut fades out, skin and hair light response."""
     clothed = rng.random() < 0.65
     return {
-        "hair_thickness_cm": float(rng.uniform(0.2, 1.3)),
+        "hair_thickness_cm": float(rng.uniform(0.2, 1.1)),
         "collar_cm": float(rng.uniform(-15.5, -12.0)) if clothed else None,
         "collar_dip_cm": float(rng.uniform(0.0, 3.0)),
         "cloth_colour": (CLOTH_COLOURS[rng.integers(len(CLOTH_COLOURS))] * rng.uniform(0.7, 1.3, 3)).tolist(),

@@ -210,7 +210,7 @@ class ICTHeadGenerator:
         p = identity.params
         look = p.get("look", DEFAULT_LOOK)
         h = self.layout.hair_height - p["hairline_shift_cm"]
-        disp = look["hair_thickness_cm"] * _smoothstep(-0.2, 2.5, h) * self.layout.hair_allow
+        disp = look["hair_thickness_cm"] * _smoothstep(-0.5, 4.5, h) * self.layout.hair_allow
         return v + n * disp[:, None].astype(np.float32), n
 
     @functools.cached_property

@@ -31,7 +31,7 @@ Precision = Literal["fp32", "fp16", "bf16"]
 
 # The outputs the landmark stage reads (every backend returns at least these).
 REQUIRED_OUTPUTS = ("landmarks_3d", "rotation", "translation", "landmarks_2d", "confidence")
-ENGINE_DIR_NAME = "tensorrt"  # default engine folder inside a bundle: <bundle>/tensorrt/model.engine
+ENGINE_DIR_NAME = "engine"  # training.build_engine's default output: <bundle>/engine/model.engine
 
 
 class BackendError(RuntimeError):

@@ -9,12 +9,14 @@ Device buffers are torch CUDA tensors (no pycuda needed); the TensorRT 10+ tenso
 
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
 
 import numpy as np
 
+from engine.trt_manifest import (
+    ENGINE_FILE, MANIFEST_FILE, EngineIncompatible, EngineManifest, check_engine_compatible, load_engine_manifest,
+)
 from plugins.landmarks.backends import BackendError, run_chunked
 
 log = logging.getLogger(__name__)
@@ -22,36 +24,24 @@ log = logging.getLogger(__name__)
 INSTALL_HINT = "pip install .[tensorrt] (NVIDIA TensorRT 10+ for your CUDA version)"
 
 
-def read_engine_manifest(engine_dir: Path) -> dict:
-    path = engine_dir / "engine_manifest.json"
-    if not (engine_dir / "model.engine").is_file():
-        raise BackendError(f"{engine_dir / 'model.engine'} not found: build it on this GPU with "
-                           f"python -m training.build_engine <bundle> {engine_dir}")
-    if not path.is_file():
-        raise BackendError(f"{path} not found: the engine folder needs the manifest that training.build_engine writes")
+def read_engine_manifest(engine_dir: Path) -> EngineManifest:
+    """The folder's validated ``engine_manifest.json`` (engine/trt_manifest.py); BackendError if absent."""
+    if not (engine_dir / ENGINE_FILE).is_file():
+        raise BackendError(f"{engine_dir / ENGINE_FILE} not found: build it on this GPU with "
+                           f"python -m training.build_engine --bundle <bundle dir> --out {engine_dir}")
     try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError as exc:
-        raise BackendError(f"{path}: not valid JSON ({exc})") from exc
+        return load_engine_manifest(engine_dir / MANIFEST_FILE)
+    except (FileNotFoundError, ValueError) as exc:
+        raise BackendError(str(exc)) from exc
 
 
-def check_compatible(manifest: dict, trt_version: str, gpu_name: str, path: Path) -> None:
-    """Refuse an engine built for another TensorRT version or GPU (it would fail or be wrong)."""
-    built_trt = str(manifest.get("tensorrt_version") or manifest.get("trt_version") or "")
-    built_gpu = str(manifest.get("gpu_name") or manifest.get("gpu") or "")
-    rebuild = f"rebuild it here: python -m training.build_engine <bundle> {path}"
-    if built_trt != trt_version:
-        raise BackendError(f"{path}: engine built with TensorRT {built_trt or '?'}, this is TensorRT {trt_version}; {rebuild}")
-    if built_gpu != gpu_name:
-        raise BackendError(f"{path}: engine built for GPU {built_gpu or '?'!r}, this is {gpu_name!r}; {rebuild}")
-
-
-def profile_max_batch(manifest: dict) -> int | None:
-    profile = manifest.get("profile") or {}
-    value = profile.get("max_batch", profile.get("max"))
-    if isinstance(value, list):  # a shape like [max, 3, S, S]
-        value = value[0]
-    return int(value) if value else None
+def check_compatible(manifest: EngineManifest, trt_version: str, gpu_name: str,
+                     compute_capability: tuple[int, int] | None = None) -> None:
+    """Refuse an engine built for another TensorRT version or GPU (engine/trt_manifest.py rules)."""
+    try:
+        check_engine_compatible(manifest, trt_version, gpu_name, compute_capability)
+    except EngineIncompatible as exc:
+        raise BackendError(str(exc)) from exc
 
 
 class TensorRTBackend:
@@ -69,16 +59,15 @@ class TensorRTBackend:
         if not torch.cuda.is_available():
             raise BackendError("backend 'tensorrt' needs a CUDA GPU visible to torch (pip install .[gpu])")
         manifest = read_engine_manifest(engine_dir)
-        check_compatible(manifest, trt.__version__, torch.cuda.get_device_name(), engine_dir / "engine_manifest.json")
-        self.precision = str(manifest.get("precision", "fp16"))
-        limit = profile_max_batch(manifest)
-        self.max_batch = min(int(max_batch), limit) if limit else int(max_batch)
+        check_compatible(manifest, trt.__version__, torch.cuda.get_device_name(), torch.cuda.get_device_capability())
+        self.precision = manifest.precision
+        self.max_batch = min(int(max_batch), manifest.profile.batch_range[1])  # the profile's max batch
         self._torch = torch
         self._logger = trt.Logger(trt.Logger.WARNING)
         self.runtime = trt.Runtime(self._logger)
-        self.engine = self.runtime.deserialize_cuda_engine((engine_dir / "model.engine").read_bytes())
+        self.engine = self.runtime.deserialize_cuda_engine((engine_dir / ENGINE_FILE).read_bytes())
         if self.engine is None:
-            raise BackendError(f"{engine_dir / 'model.engine'}: TensorRT could not deserialize it; rebuild the engine")
+            raise BackendError(f"{engine_dir / ENGINE_FILE}: TensorRT could not deserialize it; rebuild the engine")
         self.context = self.engine.create_execution_context()
         names = [self.engine.get_tensor_name(i) for i in range(self.engine.num_io_tensors)]
         self.inputs = [n for n in names if self.engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT]
@@ -86,24 +75,30 @@ class TensorRTBackend:
         if len(self.inputs) != 1:
             raise BackendError(f"{engine_dir}: expected one input tensor, found {self.inputs}")
         self.stream = torch.cuda.Stream()
+        to_torch = {trt.float32: torch.float32, trt.float16: torch.float16, trt.int32: torch.int32, trt.bool: torch.bool}
+        if hasattr(trt, "bfloat16"):
+            to_torch[trt.bfloat16] = torch.bfloat16
+        # I/O dtypes as built (a strongly typed fp16 engine may take and return fp16 tensors)
+        self.dtypes = {n: to_torch[self.engine.get_tensor_dtype(n)] for n in names}
 
     def _run(self, x: np.ndarray) -> dict[str, np.ndarray]:
         torch = self._torch
         n = len(x)
         with torch.cuda.stream(self.stream):
-            inp = torch.from_numpy(np.ascontiguousarray(x, np.float32)).pin_memory().cuda(non_blocking=True)
             name = self.inputs[0]
+            inp = torch.from_numpy(np.ascontiguousarray(x, np.float32)).pin_memory().cuda(non_blocking=True)
+            inp = inp.to(self.dtypes[name])
             self.context.set_input_shape(name, tuple(inp.shape))
             self.context.set_tensor_address(name, inp.data_ptr())
             outs = {}
             for out_name in self.outputs:
                 shape = tuple(self.context.get_tensor_shape(out_name))
-                outs[out_name] = torch.empty(shape, dtype=torch.float32, device="cuda")
+                outs[out_name] = torch.empty(shape, dtype=self.dtypes[out_name], device="cuda")
                 self.context.set_tensor_address(out_name, outs[out_name].data_ptr())
             if not self.context.execute_async_v3(self.stream.cuda_stream):
                 raise RuntimeError("TensorRT execute_async_v3 failed")
         self.stream.synchronize()
-        return {k: v[:n].cpu().numpy() for k, v in outs.items()}
+        return {k: v[:n].float().cpu().numpy() for k, v in outs.items()}
 
     def infer(self, x: np.ndarray) -> dict[str, np.ndarray]:
         return run_chunked(self._run, x, self.max_batch)

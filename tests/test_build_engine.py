@@ -1,0 +1,111 @@
+import contextlib
+import importlib.util
+import io
+import json
+import subprocess
+import sys
+import tomllib
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+
+from calibration.qdq import read_calibration_cache
+from plugins.landmarks.transformer import OUTPUT_NAMES
+from tiny_dataset import write_tiny_dataset
+from training.build_engine import main, rotation_angle_deg
+from training.bundle import OPSET, export_bundle
+from training.train import TrainConfig, train
+
+REPO = Path(__file__).resolve().parent.parent
+VIDEOS = ("liveportrait_d18.mp4", "pyfeat_single_face.mp4")  # first is held out, second calibrates
+
+
+@pytest.fixture(scope="module")
+def bundle(tmp_path_factory) -> Path:
+    tmp = tmp_path_factory.mktemp("engine_bundle")
+    data = write_tiny_dataset(tmp / "data", n_mv_ids=3, views=2, n_mf=2)
+    raw = tomllib.loads((REPO / "training" / "configs" / "tiny.toml").read_text())
+    raw["data"]["train"] = [str(data)]
+    raw["train"].update(max_steps=3, val_every=3)
+    return export_bundle(train(TrainConfig.model_validate(raw), tmp / "run"), tmp / "bundle")
+
+
+def _args(bundle: Path, out: Path, shared: Path, *extra: str) -> list[str]:
+    videos = [str(shared / "assets" / "videos" / v) for v in VIDEOS]
+    return ["--bundle", str(bundle), "--out", str(out), "--max-batch", "8", "--opt-batch", "4",
+            "--frames-per-video", "4", "--renders", "4", "--videos", *videos, *extra]
+
+
+@pytest.fixture(scope="module")
+def int8_run(bundle, shared, tmp_path_factory):
+    out = tmp_path_factory.mktemp("int8")
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err):
+        code = main(_args(bundle, out, shared, "--precision", "int8", "--max-nme-delta", "5", "--max-pose-delta-deg", "5"))
+    return code, out, err.getvalue()
+
+
+def test_int8_build_writes_validated_onnx_pair(int8_run):
+    code, out, _ = int8_run
+    assert code == 0
+    for f in ("model.fp32.onnx", "model.int8.qdq.onnx", "calibration.cache", "calibration.json", "crops.json", "validation.json"):
+        assert (out / f).is_file(), f
+    v = json.loads((out / "validation.json").read_text())
+    assert v["passed"] and v["opset"] == OPSET == 17 and not v["failures"]
+    fp32, int8 = v["figures"]["onnx_fp32"], v["figures"]["onnx_int8_qdq"]
+    assert fp32["real"] >= 3 and fp32["synthetic"] == 4  # real video crops and generator renders
+    assert fp32["max_landmark_px"] < 1e-2 and fp32["nme_delta"] < 1e-2 and fp32["pose_delta_deg"] < 1e-2
+    assert int8["nme_delta"] > fp32["nme_delta"] and int8["nme_delta"] < 5  # quantisation changes something
+    assert "gt_nme_change" in int8 and "nme_delta_real" in int8
+    crops = json.loads((out / "crops.json").read_text())
+    assert not set(crops["calibration"]["sources"]) & set(crops["heldout"]["sources"])
+    assert all(s.startswith(f"video:{VIDEOS[0]}") for s in crops["heldout"]["sources"] if s.startswith("video:"))
+    header, scales = read_calibration_cache(out / "calibration.cache")
+    assert header.endswith("-EntropyCalibration2") and "image" in scales
+
+
+def test_both_onnx_run_with_dynamic_batch(int8_run):
+    _, out, _ = int8_run
+    x = np.random.default_rng(0).normal(size=(5, 3, 32, 32)).astype(np.float32)
+    for name in ("model.fp32.onnx", "model.int8.qdq.onnx"):
+        model = onnx.load(str(out / name))
+        assert model.graph.input[0].type.tensor_type.shape.dim[0].dim_param == "batch"
+        session = ort.InferenceSession(str(out / name))
+        for n in (1, 5):
+            got = session.run(list(OUTPUT_NAMES), {"image": x[:n]})
+            assert got[3].shape == (n, 68, 2) and np.isfinite(got[3]).all()
+
+
+@pytest.mark.skipif(importlib.util.find_spec("tensorrt") is not None, reason="TensorRT installed: it builds instead")
+def test_without_tensorrt_stops_after_onnx_with_install_message(int8_run):
+    _, out, err = int8_run
+    assert "no TensorRT engine built" in err and "pip install '.[tensorrt]'" in err
+    assert not (out / "model.engine").exists() and not (out / "engine_manifest.json").exists()
+
+
+def test_threshold_failure_exits_nonzero(bundle, shared, tmp_path):
+    cmd = [sys.executable, "-m", "training.build_engine",
+           *_args(bundle, tmp_path, shared, "--precision", "int8", "--max-nme-delta", "0", "--renders", "0")]
+    r = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 2, r.stderr[-2000:]
+    assert "VALIDATION FAILED" in r.stderr and "onnx_int8_qdq: NME delta" in r.stderr and "--max-nme-delta 0.0%" in r.stderr
+    assert json.loads((tmp_path / "validation.json").read_text())["passed"] is False
+
+
+def test_bad_profile_is_a_clear_error(bundle, tmp_path, capsys):
+    assert main(["--bundle", str(bundle), "--out", str(tmp_path), "--max-batch", "4", "--opt-batch", "8"]) == 1
+    assert "min <= opt <= max" in capsys.readouterr().err
+    assert main(["--bundle", str(tmp_path / "nowhere"), "--out", str(tmp_path)]) == 1
+    assert "manifest.json not found" in capsys.readouterr().err
+
+
+def test_rotation_angle_is_exact_for_small_angles():
+    from engine.geometry import rotation_from_euler
+
+    Ra = np.stack([rotation_from_euler(10, 5, 0)] * 2)
+    Rb = np.stack([rotation_from_euler(10.001, 5, 0), rotation_from_euler(40, 5, 0)])
+    got = rotation_angle_deg(Ra, Rb)
+    assert got[0] == pytest.approx(0.001, rel=1e-3) and got[1] == pytest.approx(30, rel=1e-6)
