@@ -85,7 +85,7 @@ def test_skin_test_rejects_hair_shadow_and_eyes():
     skin = np.array([0.78, 0.58, 0.48])
     colour = np.clip(skin + rng.normal(0, 0.01, (TEXTURE_SIZE, TEXTURE_SIZE, 3)), 0, 1)
     hair = reg["reference"].copy()
-    hair[:, : TEXTURE_SIZE // 2 - 40] = False  # a dark-brown patch over part of one cheek
+    hair[:, TEXTURE_SIZE // 2 - 40 :] = False  # a dark-brown patch over one cheek (a minority of the skin)
     colour[hair] = (0.12, 0.08, 0.06)
     colour[reg["eyes"]] = (0.9, 0.9, 0.88)  # a real eye's white mapped onto the lids
     accept, base = skin_weight(colour, np.ones((TEXTURE_SIZE, TEXTURE_SIZE)))
