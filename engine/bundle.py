@@ -121,7 +121,8 @@ class Bundle:
         return ort.InferenceSession(str(self.onnx_path), providers=providers or ["CPUExecutionProvider"])
 
 
-def _sha256(path: Path) -> str:
+def sha256_file(path: str | Path) -> str:
+    """Hex sha256 of a file, read in 1 MiB blocks (bundles, shards and engines are checked with it)."""
     h = hashlib.sha256()
     with open(path, "rb") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):
@@ -162,6 +163,6 @@ def load_bundle(path: str | Path, verify_hashes: bool = True) -> Bundle:
         f = path / name
         if not f.is_file():
             raise BundleError(f"{f}: listed in manifest.json files but missing")
-        if verify_hashes and _sha256(f) != spec.sha256:
+        if verify_hashes and sha256_file(f) != spec.sha256:
             raise BundleError(f"{f}: sha256 differs from manifest.json (corrupt or replaced file); re-export the bundle")
     return Bundle(path=path, manifest=manifest)

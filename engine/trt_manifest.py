@@ -10,13 +10,14 @@ tactics tuned for another GPU. The engine's TensorRT backend therefore calls
 
 from __future__ import annotations
 
-import hashlib
 import json
 import re
 from pathlib import Path
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from engine.bundle import sha256_file
 
 ENGINE_MANIFEST_VERSION = "1.0.0"
 ENGINE_FILE, MANIFEST_FILE = "model.engine", "engine_manifest.json"
@@ -91,13 +92,6 @@ class EngineManifest(BaseModel):
     validation: dict = Field(default_factory=dict)
     build: dict = Field(default_factory=dict)  # workspace, flags, time, host
 
-
-def sha256_file(path: str | Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def file_ref(path: str | Path) -> FileRef:

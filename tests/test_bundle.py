@@ -6,7 +6,6 @@ import tomllib
 from pathlib import Path
 
 import numpy as np
-import onnxruntime as ort
 import pytest
 import torch
 from safetensors.numpy import load_file

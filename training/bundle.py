@@ -10,7 +10,6 @@
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import logging
 from pathlib import Path
@@ -20,7 +19,7 @@ import onnxruntime as ort
 import torch
 from safetensors.torch import save_file
 
-from engine.bundle import BUNDLE_VERSION, load_bundle
+from engine.bundle import BUNDLE_VERSION, load_bundle, sha256_file
 from engine.crop import CropConvention
 from engine.landmarks68 import NAMES, REGIONS
 from plugins.landmarks.transformer import OUTPUT_NAMES, LandmarkTransformerConfig, TupleOutputs, create_model
@@ -31,12 +30,6 @@ OPSET = 17
 ONNX_ATOL = 1e-4
 
 
-def sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def output_shapes(cfg: LandmarkTransformerConfig) -> dict[str, list]:
@@ -103,7 +96,7 @@ def export_bundle(checkpoint: str | Path, out_dir: str | Path, name: str | None 
             "loss": ck["config"].get("loss"),
         },
         "validation": {**ck.get("validation", {}), "onnx_max_abs_diff": onnx_err},
-        "files": {p.name: {"sha256": sha256(p), "bytes": p.stat().st_size} for p in (weights, onnx_path)},
+        "files": {p.name: {"sha256": sha256_file(p), "bytes": p.stat().st_size} for p in (weights, onnx_path)},
     }
     (out_dir / "manifest.json").write_text(json.dumps(manifest, indent=1))
     load_bundle(out_dir)  # the engine's validator must accept what we wrote

@@ -8,7 +8,6 @@ is written to ``shard-NNNNN.tar.tmp`` and renamed when complete, together with a
 
 from __future__ import annotations
 
-import hashlib
 import io
 import json
 import logging
@@ -19,6 +18,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from engine.bundle import sha256_file
 from PIL import Image
 
 log = logging.getLogger(__name__)
@@ -77,12 +78,6 @@ def encode_sample(image_rgb: np.ndarray, arrays: dict[str, np.ndarray]) -> tuple
     return jpg.getvalue(), npz.getvalue()
 
 
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 class ShardWriter:

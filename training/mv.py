@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from training.cameras import AugmentedCameraSpace, rig_camera, rig_views
-from training.generators.base import Generator, Identity, Render
+from training.generators.base import Generator, Identity
 from training.lifting import LiftingConfig, LiftResult, lift_cameras
 from training.masks import camera_visibility, landmark_visibility
 from training.teacher.base import LandmarkTeacher

@@ -54,7 +54,7 @@ from engine.geometry import euler_from_rotation, visibility_mask
 from engine.plugin import PluginOptions, Stage
 from plugins.landmarks.backends import create_backend
 from plugins.trackers.iou_tracker import IoUTracker, Track, box_iou
-from plugins.trackers.one_euro import FaceSmoother, OneEuroParams, frame_timestamp
+from plugins.trackers.one_euro import LANDMARK_PARAMS, ROTATION_PARAMS, FaceSmoother, OneEuroParams, frame_timestamp
 
 log = logging.getLogger(__name__)
 
@@ -203,9 +203,9 @@ class LandmarkStage(Stage):
         max_age: int = Field(30, ge=0, description="Tracker: frames a track survives unmatched.")
         lost_confidence: float = Field(0.2, ge=0, le=1, description="Mean confidence below which a tracked face is lost.")
         smoothing: bool = Field(False, description="One-Euro smoothing per track (causal); off for dataset jobs.")
-        smooth_min_cutoff: float = Field(1.0, gt=0, description="One-Euro min cutoff (Hz): lower = smoother when still.")
-        smooth_beta: float = Field(5.0, ge=0, description="One-Euro beta (landmarks, translation): higher = less lag.")
-        smooth_beta_rotation: float = Field(1.0, ge=0, description="One-Euro beta of the rotation.")
+        smooth_min_cutoff: float = Field(LANDMARK_PARAMS.min_cutoff, gt=0, description="One-Euro min cutoff (Hz): lower = smoother when still.")
+        smooth_beta: float = Field(LANDMARK_PARAMS.beta, ge=0, description="One-Euro beta (landmarks, translation): higher = less lag.")
+        smooth_beta_rotation: float = Field(ROTATION_PARAMS.beta, ge=0, description="One-Euro beta of the rotation.")
 
     options: Options
 
