@@ -170,6 +170,8 @@ def train(cfg: TrainConfig, out: str | Path, resume: bool = False, stop_after: i
     refs = [r for p in cfg.data.train for r in index_dataset(p)]
     train_refs, val_refs = split_refs(refs, cfg.data, cfg.loss.mode)
     val_refs += [r for p in cfg.data.val for r in index_dataset(p)]
+    # a fixed shuffle, so that the first ``val_batches`` batches hold both MV and MF samples
+    val_refs = [val_refs[i] for i in np.random.default_rng(0).permutation(len(val_refs))]
     m = cfg.model
     train_ds = FaceCrops(train_refs, m.img_size, m.k0(), m.mean, m.std, cfg.data.augment, seed=tc.seed)
     val_ds = FaceCrops(val_refs, m.img_size, m.k0(), m.mean, m.std) if val_refs else None

@@ -183,7 +183,7 @@ class LandmarkStage(Stage):
     name = "landmarks"
 
     class Options(PluginOptions):
-        bundle: str | None = Field(None, description="Model bundle directory; default models/facelift_vit_tiny_128.")
+        bundle: str | None = Field(None, description="Model bundle directory; default models/facelift_r18_128.")
         backend: Literal["auto", "onnxruntime", "torch", "tensorrt"] = Field(
             "auto", description="auto: tensorrt engine if built and importable, else torch on CUDA, else onnxruntime CPU.")
         device: Literal["cpu", "cuda"] | None = Field(None, description="cpu or cuda; none = the backend's best.")

@@ -1,0 +1,65 @@
+"""Draw the engine's predictions (CenterFace boxes, 68 landmarks coloured by visibility, pose axes) on the
+real photos of ``../shared/assets/images/`` and write one contact sheet:
+
+    python scripts/draw_predictions.py [--bundle models/facelift_r18_128] [--out docs/predictions_photos.jpg]
+
+It runs the same stage plugins as ``python -m engine run`` (no tracking: each photo is its own stream).
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from engine.assets import REPO_ROOT, default_bundle, shared_asset
+from engine.frame import Frame
+from plugins.detectors.centerface import CenterFaceDetector
+from plugins.landmarks.stage import LandmarkStage
+from plugins.sinks.draw import annotate
+
+PHOTOS = ["pyfeat_single_face.jpg", "skimage_astronaut.png", "3ddfa_v2_JianzhuGuo.jpg", "pyfeat_multi_face.jpg",
+          "3ddfa_v2_trump_hillary.jpg", "insightface_t1.jpg", "3ddfa_v2_emma.jpg"]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--bundle", type=Path, default=default_bundle())
+    ap.add_argument("--out", type=Path, default=REPO_ROOT / "docs" / "predictions_photos.jpg")
+    ap.add_argument("--tile-height", type=int, default=480)
+    args = ap.parse_args()
+
+    detector = CenterFaceDetector(CenterFaceDetector.Options())
+    landmarks = LandmarkStage(LandmarkStage.Options(bundle=str(args.bundle), backend="onnxruntime", tracking=False))
+    detector.start()
+    landmarks.start()
+    tiles, t0 = [], time.perf_counter()
+    for k, name in enumerate(PHOTOS):
+        image = np.asarray(Image.open(shared_asset("images", name)).convert("RGB"))
+        frame = Frame(stream_id=name, index=0, pts=None, time=time.time(), image=image)
+        frame = landmarks.process(detector.process([frame]))[0]
+        drawn = Image.fromarray(annotate(frame.image, frame.faces, K=frame.meta.get("camera_matrix")))
+        scale = args.tile_height / drawn.height
+        tiles.append(drawn.resize((round(drawn.width * scale), args.tile_height), Image.BILINEAR))
+        print(f"{name}: {len(frame.faces)} faces")
+    landmarks.close()
+    detector.close()
+
+    # two rows of tiles, each row as wide as its tiles
+    rows = [tiles[:3], tiles[3:5], tiles[5:]]
+    width = max(sum(t.width for t in row) for row in rows)
+    sheet = Image.new("RGB", (width, args.tile_height * len(rows)), (255, 255, 255))
+    for r, row in enumerate(rows):
+        x = 0
+        for tile in row:
+            sheet.paste(tile, (x, r * args.tile_height))
+            x += tile.width
+    sheet.save(args.out, quality=88)
+    print(f"wrote {args.out} ({time.perf_counter() - t0:.1f} s)")
+
+
+if __name__ == "__main__":
+    main()
