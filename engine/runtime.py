@@ -369,7 +369,7 @@ class Pipeline:
         summary["aborted"] = self.abort_event.is_set()
         if self._fatal:
             summary["fatal"] = list(self._fatal)
-        log.info("run summary\n%s", format_summary(summary))
+        log.debug("run summary\n%s", format_summary(summary))
         return summary
 
     def _run_threads(self, sources: list[Source], stages: list[Stage], sinks: list[Sink]) -> None:

@@ -43,7 +43,7 @@ def _errors(tmp_path: Path, text: str) -> list[str]:
 def test_default_pipeline_toml_is_valid():
     config = load_config(REPO_ROOT / "pipeline.toml")
     assert [s.type for s in config.sources] == ["file"]
-    assert [s.type for s in config.stages] == ["centerface"]
+    assert [s.type for s in config.stages] == ["centerface", "landmarks"]
     assert {s.type for s in config.sinks} == {"file_sink", "zmq_pub"}
     assert config.pipeline.metrics_port is None
 
