@@ -4,7 +4,6 @@ import io
 import json
 import subprocess
 import sys
-import tomllib
 from pathlib import Path
 
 import numpy as np
@@ -14,10 +13,9 @@ import pytest
 
 from calibration.qdq import read_calibration_cache
 from plugins.landmarks.transformer import OUTPUT_NAMES
-from tiny_dataset import write_tiny_dataset
 from training.build_engine import main, rotation_angle_deg
-from training.bundle import OPSET, export_bundle
-from training.train import TrainConfig, train
+from training.bundle import OPSET
+from landmark_bundle import tiny_bundle
 
 REPO = Path(__file__).resolve().parent.parent
 VIDEOS = ("liveportrait_d18.mp4", "pyfeat_single_face.mp4")  # first is held out, second calibrates
@@ -25,12 +23,7 @@ VIDEOS = ("liveportrait_d18.mp4", "pyfeat_single_face.mp4")  # first is held out
 
 @pytest.fixture(scope="module")
 def bundle(tmp_path_factory) -> Path:
-    tmp = tmp_path_factory.mktemp("engine_bundle")
-    data = write_tiny_dataset(tmp / "data", n_mv_ids=3, views=2, n_mf=2)
-    raw = tomllib.loads((REPO / "training" / "configs" / "tiny.toml").read_text())
-    raw["data"]["train"] = [str(data)]
-    raw["train"].update(max_steps=3, val_every=3)
-    return export_bundle(train(TrainConfig.model_validate(raw), tmp / "run"), tmp / "bundle")
+    return tiny_bundle(tmp_path_factory)
 
 
 def _args(bundle: Path, out: Path, shared: Path, *extra: str) -> list[str]:

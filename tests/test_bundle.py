@@ -2,7 +2,6 @@ import json
 import shutil
 import subprocess
 import sys
-import tomllib
 from pathlib import Path
 
 import numpy as np
@@ -13,22 +12,14 @@ from safetensors.numpy import load_file
 from engine.bundle import BundleError, load_bundle
 from engine.crop import crop_matrix, roi_from_box, warp_crop
 from plugins.landmarks.transformer import OUTPUT_NAMES, create_model
-from tiny_dataset import write_tiny_dataset
-from training.bundle import export_bundle
-from training.train import TrainConfig, train
+from landmark_bundle import tiny_bundle
 
 REPO = Path(__file__).resolve().parent.parent
 
 
 @pytest.fixture(scope="module")
 def bundle(tmp_path_factory) -> Path:
-    tmp = tmp_path_factory.mktemp("bundle")
-    data = write_tiny_dataset(tmp / "data", n_mv_ids=3, views=2, n_mf=2)
-    raw = tomllib.loads((REPO / "training" / "configs" / "tiny.toml").read_text())
-    raw["data"]["train"] = [str(data)]
-    raw["train"].update(max_steps=2, val_every=2)
-    ckpt = train(TrainConfig.model_validate(raw), tmp / "run")
-    return export_bundle(ckpt, tmp / "bundle")
+    return tiny_bundle(tmp_path_factory)
 
 
 def test_bundle_files_and_manifest(bundle):
@@ -38,7 +29,7 @@ def test_bundle_files_and_manifest(bundle):
     assert set(m.files) == {"model.onnx", "model.safetensors"}
     assert m.input.size == 32 and np.asarray(m.input.K0).shape == (3, 3)
     assert b.normals.shape == (68, 3) and np.allclose(np.linalg.norm(b.normals, axis=1), 1, atol=1e-4)
-    assert m.training["steps"] == 2 and len(m.training["data_manifest_hash"]) == 64
+    assert m.training["steps"] == 1 and len(m.training["data_manifest_hash"]) == 64
     assert {"mv_nme", "onnx_max_abs_diff"} <= set(m.validation)
     weights = load_file(str(b.weights_path))
     assert all(v.dtype == np.float16 for v in weights.values())
