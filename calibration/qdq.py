@@ -29,6 +29,7 @@ import onnx
 from pydantic import BaseModel, ConfigDict, Field
 
 from calibration.ranges import METHODS, Method, amax, compare, compute_ranges, save_ranges
+from engine.onnx_weights import fp32_copy
 
 log = logging.getLogger(__name__)
 
@@ -151,6 +152,7 @@ def calibrate(fp32_onnx: str | Path, inputs: np.ndarray, out_dir: str | Path, cf
     cfg = cfg or QuantConfig()
     out_dir = Path(out_dir)
     (out_dir / "ranges").mkdir(parents=True, exist_ok=True)
+    fp32_onnx = fp32_copy(fp32_onnx, out_dir)  # a bundle's model.onnx stores fp16 weights: quantise from fp32
     amaxes, paths = {}, {}
     for method, ranges in compute_ranges(fp32_onnx, inputs, cfg.percentile, cfg.batch_size).items():
         paths[method] = save_ranges(ranges, out_dir / "ranges" / f"{method}.json")

@@ -5,6 +5,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import onnx
 import pytest
 import torch
 from safetensors.numpy import load_file
@@ -33,13 +34,17 @@ def test_bundle_files_and_manifest(bundle):
     assert {"mv_nme", "onnx_max_abs_diff"} <= set(m.validation)
     weights = load_file(str(b.weights_path))
     assert all(v.dtype == np.float16 for v in weights.values())
+    graph = onnx.load(str(b.onnx_path)).graph  # fp32 graph, big weights stored fp16
+    assert graph.input[0].type.tensor_type.elem_type == onnx.TensorProto.FLOAT
+    big = [i for i in graph.initializer if np.prod(i.dims) >= 256]
+    assert big and all(i.data_type == onnx.TensorProto.FLOAT16 for i in big)
 
 
 def test_onnx_matches_torch_dynamic_batch(bundle):
     b = load_bundle(bundle)
     model = create_model({k: v for k, v in b.manifest.model.items() if k != "architecture"}).eval()
-    ck = torch.load(bundle.parent / "run" / "checkpoints" / "last.pt", weights_only=False)
-    model.load_state_dict(ck["model"])
+    # The reference is the bundle's own fp16 weights, which the ONNX file stores too.
+    model.load_state_dict({k: torch.from_numpy(v).float() for k, v in load_file(str(b.weights_path)).items()})
     rng = np.random.default_rng(0)
     image = rng.integers(0, 256, (120, 140, 3), dtype=np.uint8)
     crops = np.stack([warp_crop(image, crop_matrix(roi_from_box(box), 32), 32)

@@ -16,7 +16,7 @@ from calibration.ranges import kl_threshold, percentile_threshold
 from engine.geometry import project, rotation_from_euler
 from plugins.landmarks.transformer import OUTPUT_NAMES, LandmarkTransformerConfig, create_model
 from tiny_dataset import landmark_template
-from training.bundle import export_onnx
+from training.bundle import export_onnx, round_to_fp16
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -26,7 +26,9 @@ def tiny_onnx(tmp_path_factory) -> Path:
     raw = tomllib.loads((REPO / "training" / "configs" / "tiny.toml").read_text())
     cfg = LandmarkTransformerConfig.model_validate(raw["model"])
     path = tmp_path_factory.mktemp("onnx") / "tiny.onnx"
-    export_onnx(create_model(cfg).eval(), cfg, path)
+    model = create_model(cfg).eval()
+    round_to_fp16(model)
+    export_onnx(model, cfg, path, fp16_weights=True)  # as in a bundle: calibrate widens them
     return path
 
 

@@ -149,3 +149,15 @@ def test_frame_timestamp_uses_pts_then_index():
     image = np.zeros((2, 2, 3), np.uint8)
     assert frame_timestamp(Frame("s", 10, 1.5, 0.0, image)) == 1.5
     assert frame_timestamp(Frame("s", 10, None, 0.0, image), fps=25.0) == pytest.approx(0.4)
+
+
+def test_smoothing_lowers_jitter_on_a_real_still_head_clip(shared):
+    """A real photo held still for 2 s with fresh sensor noise per frame, H.264-encoded, through the default
+    pipeline's stages with the default bundle (benchmarks/bench_jitter.py): jitter measured both ways."""
+    from benchmarks.bench_jitter import still_head_jitter
+
+    result = still_head_jitter(shared / "assets" / "images" / "3ddfa_v2_JianzhuGuo.jpg", frames=50)
+    print(result)
+    assert result["frames"] == 50
+    assert result["raw"] > 1e-3  # the noise is enough to move raw landmarks measurably
+    assert result["smoothed"] < 0.5 * result["raw"], result

@@ -2,7 +2,8 @@
 
 ``python -m training.bundle runs/x/checkpoints/last.pt models/x`` writes
 - ``model.safetensors``: fp16 weights (the torch backend casts them back as it likes);
-- ``model.onnx``: fp32, opset 17, dynamic batch axis, verified against torch with onnxruntime;
+- ``model.onnx``: fp32 graph with fp16-stored weights (``engine/onnx_weights.py``), opset 17, dynamic batch
+  axis, verified against torch (with the same fp16-rounded weights) with onnxruntime;
 - ``manifest.json``: version, architecture, input convention, landmarks, normals template, outputs,
   training provenance, validation figures and the files' sha256.
 """
@@ -15,12 +16,14 @@ import logging
 from pathlib import Path
 
 import numpy as np
+import onnx
 import onnxruntime as ort
 import torch
 from safetensors.torch import save_file
 
 from engine.bundle import BUNDLE_VERSION, load_bundle, sha256_file
 from engine.crop import CropConvention
+from engine.onnx_weights import store_weights_fp16
 from engine.landmarks68 import NAMES, REGIONS
 from plugins.landmarks.transformer import OUTPUT_NAMES, LandmarkTransformerConfig, TupleOutputs, create_model
 
@@ -41,8 +44,16 @@ def output_shapes(cfg: LandmarkTransformerConfig) -> dict[str, list]:
     return {name: shapes[name] for name in OUTPUT_NAMES}
 
 
-def export_onnx(model: torch.nn.Module, cfg: LandmarkTransformerConfig, path: Path) -> float:
-    """Export with a dynamic batch axis; returns the largest |onnx - torch| on a batch of 3."""
+def round_to_fp16(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """In place: the model's weights -> their fp16 values (what a bundle stores); returns the fp16 state."""
+    half = {k: v.detach().to(torch.float16).contiguous() for k, v in model.state_dict().items()}
+    model.load_state_dict({k: v.float() for k, v in half.items()})
+    return half
+
+
+def export_onnx(model: torch.nn.Module, cfg: LandmarkTransformerConfig, path: Path, fp16_weights: bool = False) -> float:
+    """Export with a dynamic batch axis; returns the largest |onnx - torch| on a batch of 3.
+    ``fp16_weights``: store the weights fp16 (the model's weights must be fp16 values: ``round_to_fp16``)."""
     wrapped = TupleOutputs(model).eval()
     example = torch.randn(2, 3, cfg.img_size, cfg.img_size)
     axes = {name: {0: "batch"} for name in ("image", *OUTPUT_NAMES)}
@@ -51,6 +62,10 @@ def export_onnx(model: torch.nn.Module, cfg: LandmarkTransformerConfig, path: Pa
         wrapped, (example,), str(path), opset_version=OPSET, input_names=["image"],
         output_names=list(OUTPUT_NAMES), dynamic_axes=axes, dynamo=False,
     )
+    if fp16_weights:
+        graph = onnx.load(str(path))
+        store_weights_fp16(graph)
+        onnx.save(graph, str(path))
     check = torch.randn(3, 3, cfg.img_size, cfg.img_size, generator=torch.Generator().manual_seed(0))
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     got = session.run(list(OUTPUT_NAMES), {"image": check.numpy()})
@@ -71,10 +86,12 @@ def export_bundle(checkpoint: str | Path, out_dir: str | Path, name: str | None 
     model.load_state_dict(ck["model"])
     out_dir.mkdir(parents=True, exist_ok=True)
 
+    # Both files hold the same fp16 weights; the reference for the ONNX check is the torch model with them.
+    half = round_to_fp16(model)
     weights = out_dir / "model.safetensors"
-    save_file({k: v.detach().to(torch.float16).contiguous() for k, v in model.state_dict().items()}, str(weights))
+    save_file(half, str(weights))
     onnx_path = out_dir / "model.onnx"
-    onnx_err = export_onnx(model, cfg, onnx_path)
+    onnx_err = export_onnx(model, cfg, onnx_path, fp16_weights=True)
 
     from training.masks import normals_template
 

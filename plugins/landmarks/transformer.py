@@ -42,6 +42,9 @@ class LandmarkTransformerConfig(BaseModel):
 
     backbone: str = "vit_tiny_patch16_224"  # any timm ViT (patch embedding) or ResNet name
     backbone_args: dict = Field(default_factory=dict)  # extra timm.create_model kwargs (tests shrink it)
+    # CNNs only: the timm feature index whose map becomes the image tokens (ResNet: 3 = layer3, stride 16,
+    # an 8x8 grid at 128 px like a ViT/16; the layers after it are not built). None: the last stage.
+    cnn_out_index: int | None = None
     img_size: int = 128
     decoder_dim: int = 192
     decoder_heads: int = 3
@@ -118,21 +121,27 @@ class Backbone(nn.Module):
 
     def __init__(self, cfg: LandmarkTransformerConfig):
         super().__init__()
-        kwargs = dict(pretrained=False, num_classes=0, global_pool="", **cfg.backbone_args)
+        kwargs = dict(pretrained=False, **cfg.backbone_args)  # never pretrained: nothing is downloaded
         if cfg.is_vit:
-            kwargs["img_size"] = cfg.img_size
-        self.net = timm.create_model(cfg.backbone, **kwargs)  # never pretrained: nothing is downloaded
+            kwargs.update(img_size=cfg.img_size, num_classes=0, global_pool="")
+        elif cfg.cnn_out_index is not None:
+            kwargs.update(features_only=True, out_indices=(cfg.cnn_out_index,))
+        else:
+            kwargs.update(num_classes=0, global_pool="")
+        self.net = timm.create_model(cfg.backbone, **kwargs)
         self.is_vit = cfg.is_vit
-        self.num_features = self.net.num_features
+        self.truncated = not cfg.is_vit and cfg.cnn_out_index is not None
+        last = self.net.feature_info.get_dicts()[-1] if self.truncated else self.net.feature_info[-1]
+        self.num_features = last["num_chs"]
         self.pos = None
         if not self.is_vit:
-            reduction = self.net.feature_info[-1]["reduction"]
+            reduction = last["reduction"]
             grid = math.ceil(cfg.img_size / reduction)
             self.pos = nn.Parameter(torch.zeros(1, grid * grid, self.num_features))
             nn.init.trunc_normal_(self.pos, std=0.02)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        feats = self.net.forward_features(x)
+        feats = self.net(x)[-1] if self.truncated else self.net.forward_features(x)
         if self.is_vit:
             return feats  # (B, prefix + patches, C), position already embedded
         tokens = feats.flatten(2).transpose(1, 2)
