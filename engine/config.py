@@ -15,7 +15,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from engine.plugin import Plugin, PluginOptions, discover, role_of
+from engine.plugin import Plugin, PluginOptions, discover, resolve_paths, role_of
 
 SECTIONS = {"sources": "source", "stages": "stage", "sinks": "sink"}
 
@@ -90,7 +90,7 @@ def _pydantic_errors(prefix: str, exc: ValidationError, model: type[BaseModel]) 
 
 
 def _plugin_spec(
-    section: str, index: int, table: Any, plugins: dict[str, type[Plugin]], errors: list[str]
+    section: str, index: int, table: Any, plugins: dict[str, type[Plugin]], errors: list[str], base_dir: Path | None
 ) -> PluginSpec | None:
     role = SECTIONS[section]
     path = f"{section}[{index}]"
@@ -117,13 +117,18 @@ def _plugin_spec(
     except ValidationError as exc:
         errors.extend(_pydantic_errors(path, exc, cls.Options))
         return None
+    if base_dir is not None:
+        resolve_paths(validated, base_dir)
     return PluginSpec(role=role, type=type_name, cls=cls, options=validated, path=path, id=stream_id)
 
 
 def parse_config(
-    data: dict[str, Any], plugins: dict[str, type[Plugin]] | None = None, source: str = "pipeline config"
+    data: dict[str, Any], plugins: dict[str, type[Plugin]] | None = None, source: str = "pipeline config",
+    base_dir: str | Path | None = None,
 ) -> PipelineConfig:
-    """Validate a parsed TOML document. ``plugins`` defaults to the installed ones (entry points)."""
+    """Validate a parsed TOML document. ``plugins`` defaults to the installed ones (entry points).
+    ``base_dir``: the folder relative path options resolve against (``load_config``: the file's folder;
+    None leaves them relative to the working directory)."""
     plugins = discover() if plugins is None else plugins
     errors: list[str] = []
     allowed_top = ["pipeline", *SECTIONS]
@@ -141,7 +146,7 @@ def parse_config(
             errors.append(f"{section}: expected an array of tables ([[{section}]])")
             continue
         for i, table in enumerate(tables):
-            spec = _plugin_spec(section, i, table, plugins, errors)
+            spec = _plugin_spec(section, i, table, plugins, errors, None if base_dir is None else Path(base_dir))
             if spec is not None:
                 getattr(config, section).append(spec)
     seen: dict[str, str] = {}
@@ -167,6 +172,6 @@ def load_config(path: str | Path, plugins: dict[str, type[Plugin]] | None = None
         raise ConfigError([f"file not found: {path}"], str(path)) from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError([f"not valid TOML: {exc}"], str(path)) from None
-    config = parse_config(data, plugins, source=str(path))
+    config = parse_config(data, plugins, source=str(path), base_dir=path.resolve().parent)
     config.path = path
     return config

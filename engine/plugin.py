@@ -13,9 +13,10 @@ from __future__ import annotations
 import threading
 from collections.abc import Iterator
 from importlib.metadata import entry_points
-from typing import ClassVar
+from pathlib import Path
+from typing import Any, ClassVar
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 
 from engine.frame import Frame
 
@@ -26,6 +27,24 @@ class PluginOptions(BaseModel):
     """Base for every plugin's options: unknown keys are errors, not silently ignored."""
 
     model_config = ConfigDict(extra="forbid")
+
+
+def path_option(default: Any = ..., *, description: str) -> Any:
+    """A file/folder option: relative values are resolved against the config file's folder (as DeepStream
+    and Savant do), so a pipeline file works from any working directory."""
+    return Field(default, description=f"{description} Relative to the config file's folder.",
+                 json_schema_extra={"config_relative": True})
+
+
+def resolve_paths(options: PluginOptions, base_dir: Path) -> None:
+    """In place: every ``path_option`` holding a relative path -> ``base_dir / value`` (same type)."""
+    for name, field in type(options).model_fields.items():
+        value = getattr(options, name)
+        if value is None or not (isinstance(field.json_schema_extra, dict) and field.json_schema_extra.get("config_relative")):
+            continue
+        if not Path(value).is_absolute():
+            resolved = Path(base_dir) / value
+            setattr(options, name, resolved if isinstance(value, Path) else str(resolved))
 
 
 class Plugin:

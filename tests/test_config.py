@@ -1,11 +1,12 @@
 """pipeline.toml validation: every error names its key path, the problem and the allowed values."""
 
+import tomllib
 from pathlib import Path
 
 import pytest
 
 from engine.assets import REPO_ROOT
-from engine.config import ConfigError, load_config
+from engine.config import ConfigError, load_config, parse_config
 
 GOOD = """
 [pipeline]
@@ -53,7 +54,22 @@ def test_good_config_builds_typed_options(tmp_path):
     path.write_text(GOOD)
     config = load_config(path)
     assert config.pipeline.queue_size == 8 and config.sources[0].id == "a"
-    assert config.sinks[1].options.hwm == 10 and config.sinks[0].options.directory == Path("out")
+    assert config.sinks[1].options.hwm == 10 and config.sinks[0].options.directory == tmp_path / "out"
+
+
+def test_relative_paths_resolve_against_the_config_folder(tmp_path, monkeypatch):
+    """As in DeepStream: the config's folder, not the working directory; absolute paths stay."""
+    folder = tmp_path / "configs"
+    folder.mkdir()
+    (folder / "p.toml").write_text(GOOD.replace('path = "x.mp4"', 'path = "clips/*.mp4"')
+                                   + '[[stages]]\ntype = "landmarks"\nbundle = "/models/b"\n')
+    monkeypatch.chdir(tmp_path)
+    config = load_config("configs/p.toml")
+    assert config.sources[0].options.path == str(folder / "clips" / "*.mp4")
+    assert config.sinks[0].options.directory == folder / "out"
+    assert config.stages[1].options.bundle == "/models/b" and config.stages[1].options.engine_dir is None
+    raw = parse_config(tomllib.loads(GOOD))  # a document without a file: paths stay as written
+    assert raw.sources[0].options.path == "x.mp4" and raw.sinks[0].options.directory == Path("out")
 
 
 def test_unknown_key_names_path_and_allowed_keys(tmp_path):

@@ -73,10 +73,10 @@ def decode_clip(clip_id: str, path: str) -> tuple[str | None, np.ndarray, np.nda
 class InferenceActor:
     """Builds the config's stages once; ``process`` runs a chunk of decoded clips and writes them."""
 
-    def __init__(self, config_text: str, out_root: str, meta_base: dict[str, Any], batch_frames: int):
+    def __init__(self, config_text: str, config_dir: str, out_root: str, meta_base: dict[str, Any], batch_frames: int):
         from engine.batch.inference import StageRunner
 
-        config = parse_config(tomllib.loads(config_text), source="batch config")
+        config = parse_config(tomllib.loads(config_text), source="batch config", base_dir=config_dir)
         self.runner = StageRunner(config)
         self.out = OutputDir(out_root)
         self.meta_base = meta_base
@@ -140,7 +140,7 @@ def run_ray(todo: list[ClipTask], config: PipelineConfig, out: OutputDir, meta_b
         n_actors = options.ray_actors or max(1, gpus)
         actor_cls = ray.remote(num_gpus=1 if gpus else 0, num_cpus=0 if gpus else 1)(InferenceActor)
         decode = ray.remote(num_cpus=1)(decode_clip)
-        actors = [actor_cls.remote(config_text, str(out.root.resolve()), meta_base, options.batch_frames)
+        actors = [actor_cls.remote(config_text, str(Path(config.path).resolve().parent), str(out.root.resolve()), meta_base, options.batch_frames)
                   for _ in range(n_actors)]
         log.info("ray: %d inference actor(s) (%s), cluster %s", n_actors, "GPU" if gpus else "CPU",
                  ray.cluster_resources())

@@ -51,7 +51,7 @@ from engine.bundle import Bundle, load_bundle
 from engine.crop import crop_matrix, crop_to_image, roi_from_box, roi_from_landmarks, transform_points, warp_crop
 from engine.frame import Face, Frame
 from engine.geometry import euler_from_rotation, visibility_mask
-from engine.plugin import PluginOptions, Stage
+from engine.plugin import PluginOptions, Stage, path_option
 from plugins.landmarks.backends import create_backend
 from plugins.trackers.iou_tracker import IoUTracker, Track, box_iou
 from plugins.trackers.one_euro import LANDMARK_PARAMS, ROTATION_PARAMS, FaceSmoother, OneEuroParams, frame_timestamp
@@ -183,12 +183,12 @@ class LandmarkStage(Stage):
     name = "landmarks"
 
     class Options(PluginOptions):
-        bundle: str | None = Field(None, description="Model bundle directory; default models/facelift_r18_128.")
+        bundle: str | None = path_option(None, description="Model bundle directory; default: the engine's bundled model.")
         backend: Literal["auto", "onnxruntime", "torch", "tensorrt"] = Field(
             "auto", description="auto: tensorrt engine if built and importable, else torch on CUDA, else onnxruntime CPU.")
         device: Literal["cpu", "cuda"] | None = Field(None, description="cpu or cuda; none = the backend's best.")
         precision: Literal["fp32", "fp16", "bf16"] = Field("fp32", description="CUDA autocast precision (torch).")
-        engine_dir: str | None = Field(None, description="TensorRT engine folder; default <bundle>/engine (training.build_engine).")
+        engine_dir: str | None = path_option(None, description="TensorRT engine folder; default <bundle>/engine (training.build_engine).")
         max_batch: int = Field(32, ge=1, le=4096, description="Most faces per backend call (across frames and streams).")
         max_wait_ms: float = Field(10.0, ge=0, description="Longest wait for frames/faces to fill a batch.")
         frame_batch: int = Field(8, ge=1, description="Frames the runtime hands the stage per call (across streams).")

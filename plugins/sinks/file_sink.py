@@ -20,7 +20,7 @@ from pydantic import Field
 
 from engine.frame import Frame
 from engine.messages import eos_obj, frame_obj
-from engine.plugin import PluginOptions, Sink
+from engine.plugin import PluginOptions, Sink, path_option
 
 log = logging.getLogger(__name__)
 
@@ -36,7 +36,7 @@ class FileSink(Sink):
     name = "file_sink"
 
     class Options(PluginOptions):
-        directory: Path = Field(Path("out"), description="output folder (created); one file per stream")
+        directory: Path = path_option(Path("out"), description="Output folder (created); one file per stream.")
         format: Literal["msgpack", "jsonl"] = Field("msgpack", description="file format")
         overwrite: bool = Field(True, description="replace existing files of the same streams")
 

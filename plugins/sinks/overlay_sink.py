@@ -23,7 +23,7 @@ from PIL import Image
 from pydantic import Field
 
 from engine.frame import Frame
-from engine.plugin import PluginOptions, Sink
+from engine.plugin import PluginOptions, Sink, path_option
 from plugins.sinks.draw import DrawStyle, annotate
 from plugins.sinks.file_sink import stream_filename
 
@@ -105,7 +105,7 @@ class OverlaySink(Sink):
     name = "overlay"
 
     class Options(PluginOptions):
-        directory: Path = Field(Path("overlay"), description="output folder (created): <stream>.mp4 and PNGs")
+        directory: Path = path_option(Path("overlay"), description="Output folder (created): <stream>.mp4 and PNGs.")
         video: bool = Field(True, description="write the annotated video (false: preview PNGs only)")
         codec: str = Field("libx264", description="FFmpeg encoder; falls back to another H.264/MPEG-4 one if missing")
         crf: int = Field(23, ge=0, le=51, description="x264 quality (lower = better, larger)")

@@ -22,7 +22,7 @@ import av
 from pydantic import Field, field_validator
 
 from engine.frame import Frame
-from engine.plugin import PluginOptions, Source
+from engine.plugin import PluginOptions, Source, path_option
 
 log = logging.getLogger(__name__)
 
@@ -67,7 +67,7 @@ class FileSource(Source):
     name = "file"
 
     class Options(PluginOptions):
-        path: str = Field(
+        path: str = path_option(
             description="A video file, a folder (every video file in it, sorted by name) or a glob pattern "
             "such as 'clips/*.mp4'. Several files give one stream each, with id '<source id>/<file stem>'."
         )
