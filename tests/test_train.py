@@ -13,7 +13,7 @@ from plugins.landmarks.transformer import create_model
 from tiny_dataset import normals_template, write_tiny_dataset
 from training.data import FaceCrops, index_dataset, mirror_sample, split_refs
 from training.losses import LossConfig, facelift_loss
-from training.train import TrainConfig, train
+from training.train import TrainConfig, apply_overrides, train
 
 REPO = Path(__file__).resolve().parent.parent
 TINY = REPO / "training" / "configs" / "tiny.toml"
@@ -105,16 +105,25 @@ def test_resume_is_bit_identical(dataset, tmp_path):
 
 def test_cli_runs_and_validates(dataset, tmp_path):
     cfg_text = TINY.read_text().replace('train = ["../../data/tiny"]', f'train = ["{dataset}"]')
-    cfg_text = cfg_text.replace("max_steps = 20", "max_steps = 4").replace("val_every = 10", "val_every = 4")
     cfg_path = tmp_path / "tiny.toml"
     cfg_path.write_text(cfg_text)
     out = tmp_path / "run"
-    r = subprocess.run([sys.executable, "-m", "training.train", "--config", str(cfg_path), "--out", str(out)],
+    overrides = ["--set", "train.max_steps=4", "--set", "train.val_every=4", "--set", "loss.loss_2d=l1"]
+    r = subprocess.run([sys.executable, "-m", "training.train", "--config", str(cfg_path), "--out", str(out), *overrides],
                        cwd=REPO, capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr[-2000:]
     assert (out / "checkpoints" / "last.pt").is_file()
+    ck = torch.load(out / "checkpoints" / "last.pt", weights_only=False)
+    assert ck["config"]["loss"]["loss_2d"] == "l1" and ck["config"]["train"]["max_steps"] == 4
     import json
 
     val = json.loads((out / "val.json").read_text())
     assert val["step"] == 4 and {"mv_nme", "mv_3d_cm", "mv_pose_deg", "mf_nme"} <= set(val)
     assert list((out / "tb").glob("events.out.tfevents.*"))
+
+
+def test_overrides_parse_toml_values():
+    raw = apply_overrides({"train": {"lr": 1e-3}}, ["train.lr=5e-4", "loss.loss_2d=mse", "data.train=['a', 'b']"])
+    assert raw == {"train": {"lr": 5e-4}, "loss": {"loss_2d": "mse"}, "data": {"train": ["a", "b"]}}
+    with pytest.raises(ValueError, match="section.key=value"):
+        apply_overrides({}, ["train.lr"])

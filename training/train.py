@@ -62,10 +62,29 @@ class TrainConfig(BaseModel):
     train: OptimConfig = Field(default_factory=OptimConfig)
 
 
-def load_config(path: str | Path) -> TrainConfig:
+def apply_overrides(raw: dict, overrides: list[str]) -> dict:
+    """``["loss.loss_2d=l1", "train.max_steps=400"]`` -> values set in the raw TOML dict (TOML syntax,
+    bare words taken as strings), like mmengine's ``--cfg-options``."""
+    for item in overrides:
+        key, sep, text = item.partition("=")
+        if not sep or not key:
+            raise ValueError(f"--set {item!r}: expected section.key=value")
+        try:
+            value = tomllib.loads(f"v = {text}")["v"]
+        except tomllib.TOMLDecodeError:
+            value = text
+        *tables, leaf = key.split(".")
+        node = raw
+        for t in tables:
+            node = node.setdefault(t, {})
+        node[leaf] = value
+    return raw
+
+
+def load_config(path: str | Path, overrides: list[str] | None = None) -> TrainConfig:
     path = Path(path)
     with open(path, "rb") as f:
-        raw = tomllib.load(f)
+        raw = apply_overrides(tomllib.load(f), overrides or [])
     cfg = TrainConfig.model_validate(raw)
     # dataset paths are relative to the config file's folder
     base = path.resolve().parent
@@ -275,9 +294,11 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--out", help="run folder (default runs/<config name>)")
     p.add_argument("--resume", action="store_true", help="continue from <out>/checkpoints/last.pt")
     p.add_argument("--stop-after", type=int, help="stop at this step (checkpointed) without changing the schedule")
+    p.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                   help="override a config value, e.g. --set loss.loss_2d=l1 --set train.max_steps=400")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    cfg = load_config(args.config)
+    cfg = load_config(args.config, args.set)
     out = args.out or f"runs/{Path(args.config).stem}"
     ckpt = train(cfg, out, resume=args.resume, stop_after=args.stop_after)
     print(f"checkpoint: {ckpt}")
