@@ -13,7 +13,8 @@ TINY_VIT = dict(img_size=32, decoder_dim=32, decoder_heads=2, mlp_ratio=2.0,
     LandmarkTransformerConfig(**TINY_VIT),
     LandmarkTransformerConfig(**{**TINY_VIT, "uncertainty": "cholesky", "pose_tokens": 1}),
     LandmarkTransformerConfig(backbone="resnet50", img_size=64, decoder_dim=32, decoder_heads=2),
-], ids=["vit", "vit_cholesky", "resnet50"])
+    LandmarkTransformerConfig(backbone="resnet18", cnn_out_index=3, img_size=64, decoder_dim=32, decoder_heads=2),
+], ids=["vit", "vit_cholesky", "resnet50", "resnet18_stride16"])
 def test_forward_shapes_and_outputs(cfg):
     torch.manual_seed(0)
     model = create_model(cfg).eval()
@@ -47,3 +48,13 @@ def test_any_vit_size_and_img_size():
                                     backbone_args=dict(depth=1))
     out = create_model(cfg)(torch.randn(1, 3, 48, 48))
     assert out["landmarks_2d"].shape == (1, 68, 2)
+
+
+def test_cnn_cut_at_a_feature_index():
+    """cnn_out_index=3 on ResNet-18: layer3 (256 ch, stride 16) gives the tokens; layer4 is not built."""
+    full = create_model(LandmarkTransformerConfig(backbone="resnet18", img_size=128))
+    cut = create_model(LandmarkTransformerConfig(backbone="resnet18", cnn_out_index=3, img_size=128))
+    assert cut.backbone(torch.randn(2, 3, 128, 128)).shape == (2, 64, 256)  # an 8x8 grid, like a ViT/16
+    assert full.backbone(torch.randn(2, 3, 128, 128)).shape == (2, 16, 512)
+    assert not any("layer4" in name for name, _ in cut.named_parameters())
+    assert sum(p.numel() for p in cut.parameters()) < 0.4 * sum(p.numel() for p in full.parameters())
