@@ -38,9 +38,11 @@ def _type_name(annotation: Any) -> str:
 
 
 def describe_plugins() -> dict[str, list[dict[str, Any]]]:
-    """Installed plugins by role, each with its options (type, default, description)."""
+    """Installed plugins by role, each with its options (type, default, description); ``broken``: the
+    entry points that failed to load, with the reason."""
     out: dict[str, list[dict[str, Any]]] = {role: [] for role in ROLES}
-    for name, cls in sorted(discover().items()):
+    plugins = discover()
+    for name, cls in sorted(plugins.items()):
         options = []
         for key, info in cls.Options.model_fields.items():
             if info.default is not PydanticUndefined:
@@ -64,6 +66,7 @@ def describe_plugins() -> dict[str, list[dict[str, Any]]]:
         out[role_of(cls)].append(
             {"name": name, "class": f"{cls.__module__}.{cls.__qualname__}", "doc": doc[0] if doc else "", "options": options}
         )
+    out["broken"] = [{"name": name, "error": error} for name, error in sorted(plugins.broken.items())]
     return out
 
 
@@ -72,6 +75,7 @@ def cmd_plugins(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(plugins, indent=2, default=str))
         return 0
+    broken = plugins.pop("broken")
     for role, entries in plugins.items():
         print(f"{role}s:")
         for p in entries:
@@ -81,6 +85,10 @@ def cmd_plugins(args: argparse.Namespace) -> int:
             for o in p["options"]:
                 default = "required" if o["required"] else f"default {o['default']!r}"
                 print(f"      {o['name']}: {o['type']} = {default}  -- {o['description']}")
+    if broken:
+        print("broken (not loaded):")
+        for b in broken:
+            print(f"  {b['name']}: {b['error']}")
     return 0
 
 

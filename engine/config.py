@@ -104,6 +104,9 @@ def _plugin_spec(
         errors.append(f"{path}.type: required; one of: {', '.join(names)}")
         return None
     cls = plugins.get(type_name)
+    if type_name in getattr(plugins, "broken", {}):
+        errors.append(f"{path}.type: {plugins.broken[type_name]}; fix or reinstall that package")
+        return None
     if cls is None or role_of(cls) != role:
         errors.append(f"{path}.type: unknown {role} plugin {type_name!r}; installed {role}s: {', '.join(names) or '(none)'}")
         return None

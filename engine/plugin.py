@@ -10,6 +10,7 @@ three roles. Built-ins in ``plugins/`` register exactly as a third-party package
 
 from __future__ import annotations
 
+import logging
 import threading
 from collections.abc import Iterator
 from importlib.metadata import entry_points
@@ -21,6 +22,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from engine.frame import Frame
 
 ENTRY_POINT_GROUP = "engine.plugins"
+log = logging.getLogger(__name__)
 
 
 class PluginOptions(BaseModel):
@@ -114,16 +116,27 @@ class PluginNotFoundError(LookupError):
     pass
 
 
-def discover() -> dict[str, type[Plugin]]:
-    """All installed plugins by name. A broken third-party plugin is an error that names it."""
-    found: dict[str, type[Plugin]] = {}
+class Plugins(dict):
+    """Installed plugins by name; ``broken`` maps the names of those that failed to load to the reason."""
+
+    def __init__(self, *args: Any, **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        self.broken: dict[str, str] = {}
+
+
+def discover() -> Plugins:
+    """All installed plugins by name. A broken third-party plugin is skipped with a warning naming it (it
+    must not stop pipelines that do not use it); a config that names it gets its import error."""
+    found = Plugins()
     for ep in entry_points(group=ENTRY_POINT_GROUP):
         try:
             cls = ep.load()
+            if not (isinstance(cls, type) and issubclass(cls, Plugin)):
+                raise TypeError("not a Source, Stage or Sink class")
         except Exception as exc:  # a third-party import error must say which plugin broke
-            raise ImportError(f"plugin {ep.name!r} ({ep.value}) failed to import: {exc}") from exc
-        if not (isinstance(cls, type) and issubclass(cls, Plugin)):
-            raise TypeError(f"plugin {ep.name!r} ({ep.value}) is not a Source, Stage or Sink class")
+            found.broken[ep.name] = f"plugin {ep.name!r} ({ep.value}) failed to load: {type(exc).__name__}: {exc}"
+            log.warning("%s; skipped", found.broken[ep.name])
+            continue
         found[ep.name] = cls
     return found
 
@@ -139,6 +152,8 @@ def get_plugin(name: str, role: str) -> type[Plugin]:
     plugins = discover()
     cls = plugins.get(name)
     choices = sorted(n for n, c in plugins.items() if role_of(c) == role)
+    if name in plugins.broken:
+        raise PluginNotFoundError(plugins.broken[name])
     if cls is None or role_of(cls) != role:
         raise PluginNotFoundError(f"no {role} plugin named {name!r}; installed {role}s: {', '.join(choices)}")
     return cls

@@ -113,3 +113,22 @@ def test_not_toml_and_missing_file(tmp_path):
     assert err.startswith("not valid TOML")
     with pytest.raises(ConfigError, match="file not found"):
         load_config(tmp_path / "nope.toml")
+
+
+def test_broken_third_party_plugin_stops_only_configs_that_use_it(monkeypatch, tmp_path):
+    """An entry point that fails to import is skipped with its reason; a config naming it gets that reason."""
+    from importlib.metadata import EntryPoint
+
+    import engine.plugin as plugin_module
+    from engine.cli import describe_plugins
+
+    real = plugin_module.entry_points
+    bad = EntryPoint("bad_sink", "no_such_package.sinks:BadSink", plugin_module.ENTRY_POINT_GROUP)
+    monkeypatch.setattr(plugin_module, "entry_points", lambda group: [*real(group=group), bad])
+    plugins = plugin_module.discover()
+    assert "file_sink" in plugins and "bad_sink" not in plugins
+    assert "no_such_package" in plugins.broken["bad_sink"]
+    assert load_config(REPO_ROOT / "pipeline.toml").sinks  # a pipeline that does not use it still loads
+    (err,) = _errors(tmp_path, GOOD.replace('type = "file_sink"', 'type = "bad_sink"').replace('directory = "out"\n', ""))
+    assert err.startswith("sinks[0].type: plugin 'bad_sink' (no_such_package.sinks:BadSink) failed to load"), err
+    assert describe_plugins()["broken"][0]["name"] == "bad_sink"
