@@ -103,6 +103,17 @@ def test_resume_is_bit_identical(dataset, tmp_path):
     assert not all(torch.equal(v, cut_ck["model"][k]) for k, v in full["model"].items())
 
 
+def test_init_from_starts_a_new_stage_from_checkpoint_weights(dataset, tmp_path):
+    first = train(tiny_config(dataset, max_steps=2, ckpt_every=100, val_every=100), tmp_path / "a")
+    # lr 0 (AdamW's decay scales with lr too): the weights stay those of the first run, the step count restarts
+    stage = torch.load(train(tiny_config(dataset, max_steps=1, lr=0.0, warmup_steps=0, val_every=100, init_from=str(first)),
+                             tmp_path / "b"), weights_only=False)
+    src = torch.load(first, weights_only=False)
+    assert stage["step"] == 1 and stage["config"]["train"]["init_from"] == str(first)
+    for k, v in src["model"].items():
+        assert torch.equal(v, stage["model"][k]), k
+
+
 def test_cli_runs_and_validates(dataset, tmp_path):
     cfg_text = TINY.read_text().replace('train = ["../../data/tiny"]', f'train = ["{dataset}"]')
     cfg_path = tmp_path / "tiny.toml"

@@ -46,6 +46,9 @@ class OptimConfig(BaseModel):
     max_steps: int = 50_000
     max_minutes: float | None = None  # stop (with a checkpoint) after this much wall time in this run
     grad_clip: float = 1.0
+    # a later stage (e.g. different loss weights): start from this checkpoint's model weights, with a fresh
+    # optimiser and schedule (relative to the working directory); --resume of this run takes precedence
+    init_from: str | None = None
     amp: str = "auto"  # auto: bf16 on CUDA when supported, else fp16; never on CPU. "off" disables
     ckpt_every: int = 1000
     val_every: int = 1000
@@ -212,8 +215,11 @@ def train(cfg: TrainConfig, out: str | Path, resume: bool = False, stop_after: i
         set_rng_state(ck["rng"])
         step, elapsed, val_figures = ck["step"], ck["elapsed_s"], ck.get("validation", {})
         log.info("resumed %s at step %d", ckpt_path, step)
-    elif resume:
-        log.info("--resume: no checkpoint at %s, starting from scratch", ckpt_path)
+    elif tc.init_from:
+        model.load_state_dict(torch.load(tc.init_from, map_location=device, weights_only=False)["model"])
+        log.info("initialised from %s", tc.init_from)
+    if resume and not ckpt_path.exists():
+        log.info("--resume: no checkpoint at %s; starting a new run", ckpt_path)
 
     sampler = ResumableSampler(len(train_ds), tc.seed, start=step * tc.batch_size)
     loader = DataLoader(
