@@ -1,8 +1,8 @@
 """Model bundle loader and validator (docs/DESIGN.md, written by training/bundle.py).
 
 A bundle is a directory with ``manifest.json``, ``model.onnx`` (fp32 graph, dynamic batch, weights stored
-fp16: engine/onnx_weights.py) and ``model.safetensors`` (fp16). ``load_bundle`` checks the manifest schema, the major version and every
-listed file's sha256. It imports neither torch nor training: the engine runs the ONNX model with
+fp16: engine/onnx_weights.py) and ``model.safetensors`` (fp16). ``load_bundle`` checks the manifest
+schema, the major version and every listed file's sha256. It imports neither torch nor training: the engine runs the ONNX model with
 onnxruntime (``Bundle.session()``); the torch backend is optional.
 """
 

@@ -90,7 +90,8 @@ def _pydantic_errors(prefix: str, exc: ValidationError, model: type[BaseModel]) 
 
 
 def _plugin_spec(
-    section: str, index: int, table: Any, plugins: dict[str, type[Plugin]], errors: list[str], base_dir: Path | None
+    section: str, index: int, table: Any, plugins: dict[str, type[Plugin]], errors: list[str],
+    base_dir: str | Path | None,
 ) -> PluginSpec | None:
     role = SECTIONS[section]
     path = f"{section}[{index}]"
@@ -149,7 +150,7 @@ def parse_config(
             errors.append(f"{section}: expected an array of tables ([[{section}]])")
             continue
         for i, table in enumerate(tables):
-            spec = _plugin_spec(section, i, table, plugins, errors, None if base_dir is None else Path(base_dir))
+            spec = _plugin_spec(section, i, table, plugins, errors, base_dir)
             if spec is not None:
                 getattr(config, section).append(spec)
     seen: dict[str, str] = {}

@@ -3,8 +3,8 @@
     python scripts/ablate_loss_2d.py --config training/configs/cpu_resnet18s16_128.toml \
         [--steps 400] [--losses lll l1 mse] [--out runs/ablation_loss_2d] [--set train.batch_size=64 ...]
 
-Each run trains from scratch with the config's data and schedule cut to ``--steps`` (same seed, same
-batches), validates at the end, and the final figures (training/train.py validation: NME on held-out
+Each run trains from scratch (or from ``--set train.init_from=CKPT``) with the config's data and a
+schedule of ``--steps`` (same seed, same batches), validates at the end, and the final figures (training/train.py validation: NME on held-out
 synthetic identities, 3D error, pose error, NME against the teacher on held-out clips) are printed as a
 Markdown table and written to ``<out>/results.json``. A run that already finished is not trained again.
 """

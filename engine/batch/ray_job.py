@@ -140,7 +140,8 @@ def run_ray(todo: list[ClipTask], config: PipelineConfig, out: OutputDir, meta_b
         n_actors = options.ray_actors or max(1, gpus)
         actor_cls = ray.remote(num_gpus=1 if gpus else 0, num_cpus=0 if gpus else 1)(InferenceActor)
         decode = ray.remote(num_cpus=1)(decode_clip)
-        actors = [actor_cls.remote(config_text, str(Path(config.path).resolve().parent), str(out.root.resolve()), meta_base, options.batch_frames)
+        config_dir = str(Path(config.path).resolve().parent)  # relative paths in it resolve from there
+        actors = [actor_cls.remote(config_text, config_dir, str(out.root.resolve()), meta_base, options.batch_frames)
                   for _ in range(n_actors)]
         log.info("ray: %d inference actor(s) (%s), cluster %s", n_actors, "GPU" if gpus else "CPU",
                  ray.cluster_resources())
