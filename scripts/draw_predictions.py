@@ -1,7 +1,7 @@
 """Draw the engine's predictions (CenterFace boxes, 68 landmarks coloured by visibility, pose axes) on the
 real photos of ``../shared/assets/images/`` and write one contact sheet:
 
-    python scripts/draw_predictions.py [--bundle models/facelift_r18_128] [--out docs/predictions_photos.jpg]
+    python scripts/draw_predictions.py [--bundle models/facelift_r18s16_128] [--out docs/predictions_photos.jpg]
 
 It runs the same stage plugins as ``python -m engine run`` (no tracking: each photo is its own stream).
 """

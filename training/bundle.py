@@ -57,10 +57,14 @@ def export_onnx(model: torch.nn.Module, cfg: LandmarkTransformerConfig, path: Pa
     wrapped = TupleOutputs(model).eval()
     example = torch.randn(2, 3, cfg.img_size, cfg.img_size)
     axes = {name: {0: "batch"} for name in ("image", *OUTPUT_NAMES)}
-    # The TorchScript exporter: fast, and handles this model (incl. SDPA) at opset 17.
+    # The TorchScript exporter: fast, and handles this model (incl. SDPA) at opset 17. With fp16 storage the
+    # BatchNorms stay separate nodes (PRESERVE; the model is in eval mode): folded into the conv weights
+    # before rounding, they would no longer be the fp16 weights torch runs. ONNX Runtime and TensorRT fuse
+    # them at load.
+    mode = torch.onnx.TrainingMode.PRESERVE if fp16_weights else torch.onnx.TrainingMode.EVAL
     torch.onnx.export(
         wrapped, (example,), str(path), opset_version=OPSET, input_names=["image"],
-        output_names=list(OUTPUT_NAMES), dynamic_axes=axes, dynamo=False,
+        output_names=list(OUTPUT_NAMES), dynamic_axes=axes, dynamo=False, training=mode,
     )
     if fp16_weights:
         graph = onnx.load(str(path))
