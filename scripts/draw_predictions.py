@@ -19,7 +19,7 @@ from engine.assets import REPO_ROOT, default_bundle, shared_asset
 from engine.frame import Frame
 from plugins.detectors.centerface import CenterFaceDetector
 from plugins.landmarks.stage import LandmarkStage
-from plugins.sinks.draw import annotate
+from plugins.sinks.draw import DrawStyle, annotate
 
 PHOTOS = ["pyfeat_single_face.jpg", "skimage_astronaut.png", "3ddfa_v2_JianzhuGuo.jpg", "pyfeat_multi_face.jpg",
           "3ddfa_v2_trump_hillary.jpg", "insightface_t1.jpg", "3ddfa_v2_emma.jpg"]
@@ -37,12 +37,14 @@ def main() -> None:
     detector.start()
     landmarks.start()
     tiles, t0 = [], time.perf_counter()
-    for k, name in enumerate(PHOTOS):
+    for name in PHOTOS:
         image = np.asarray(Image.open(shared_asset("images", name)).convert("RGB"))
         frame = Frame(stream_id=name, index=0, pts=None, time=time.time(), image=image)
         frame = landmarks.process(detector.process([frame]))[0]
-        drawn = Image.fromarray(annotate(frame.image, frame.faces, K=frame.meta.get("camera_matrix")))
-        scale = args.tile_height / drawn.height
+        scale = args.tile_height / image.shape[0]
+        k = max(1, round(1 / scale))  # drawn sizes in tile pixels: thicker on photos that shrink more
+        style = DrawStyle(line_width=2 * k, point_radius=2 * k, font_size=14 * k)
+        drawn = Image.fromarray(annotate(frame.image, frame.faces, style, K=frame.meta.get("camera_matrix")))
         tiles.append(drawn.resize((round(drawn.width * scale), args.tile_height), Image.BILINEAR))
         print(f"{name}: {len(frame.faces)} faces")
     landmarks.close()
