@@ -7,7 +7,9 @@ Runs the bundle's ONNX model (ONNX Runtime) on the validation crops training/tra
 held out by ``val_identity_mod``, crops from the stored detector box, labels in the crop camera) and
 prints, per axis: the spread of the true and the predicted angles, their correlation and the mean
 absolute error, plus the geodesic error. A model that regresses one axis towards its mean shows a
-predicted spread far below the true one.
+predicted spread far below the true one. As a check of the labels themselves it also prints how well two
+2D cues of the labelled landmarks follow the labelled angles: nose-to-eyes over chin-to-eyes height
+(pitch) and the eye-line angle (roll).
 """
 
 from __future__ import annotations
@@ -56,6 +58,13 @@ def main() -> None:
         corr = np.corrcoef(t[:, k], q[:, k])[0, 1]
         print(f"{axis:6s} {t[:, k].std():9.1f} {q[:, k].std():9.1f} {corr:6.2f} {np.abs(t[:, k] - q[:, k]).mean():8.1f}")
     print(f"geodesic error: mean {geodesic_deg(pred_r, true_r).mean():.1f} deg")
+    lm = np.stack([s["landmarks_2d"].numpy() for s in samples]).astype(np.float64)
+    eye_l, eye_r = lm[:, 36:42].mean(1), lm[:, 42:48].mean(1)
+    eyes = (eye_l + eye_r) / 2
+    pitch_cue = (lm[:, 30, 1] - eyes[:, 1]) / (lm[:, 8, 1] - eyes[:, 1])
+    roll_cue = np.degrees(np.arctan2(eye_r[:, 1] - eye_l[:, 1], eye_r[:, 0] - eye_l[:, 0]))
+    print(f"label check: corr(pitch cue, true pitch) {np.corrcoef(pitch_cue, t[:, 1])[0, 1]:.2f}, "
+          f"corr(eye-line angle, true roll) {np.corrcoef(roll_cue, t[:, 2])[0, 1]:.2f}")
 
 
 if __name__ == "__main__":
