@@ -43,6 +43,19 @@ class FlakyStage(Stage):
         return frames
 
 
+class SlowStage(Stage):
+    """20 ms per frame: a pipeline that certainly lags a 1000 fps camera, however fast CenterFace runs."""
+
+    name = "slow"
+
+    class Options(PluginOptions):
+        pass
+
+    def process(self, frames: list[Frame]) -> list[Frame]:
+        threading.Event().wait(0.02 * len(frames))
+        return frames
+
+
 def _run(doc: dict, extra_plugins: dict | None = None) -> dict:
     plugins = discover() | (extra_plugins or {})
     return Pipeline(parse_config(doc, plugins)).run(handle_signals=False)
@@ -105,14 +118,15 @@ def test_stage_failure_is_counted_not_fatal(clips, tmp_path):
 
 
 def test_live_source_drops_oldest_and_keeps_order(clips, tmp_path):
-    # realtime pacing makes the file source live: a 1000 fps "camera" outruns the detector
+    # realtime pacing makes the file source live: a 1000 fps "camera" outruns the detector + a slow stage
+    # (the slow stage makes the lag certain: CenterFace alone on a tiny clip can nearly keep up)
     doc = {
         "pipeline": {"queue_size": 2},
         "sources": [{"type": "file", "id": "cam", "path": str(clips["fast"]), "realtime": True}],
-        "stages": [{"type": "centerface", "input_size": 320, "batch_size": 1}],
+        "stages": [{"type": "centerface", "input_size": 320, "batch_size": 1}, {"type": "slow"}],
         "sinks": [{"type": "file_sink", "directory": str(tmp_path)}],
     }
-    summary = _run(doc)
+    summary = _run(doc, {"slow": SlowStage})
     s = summary["streams"]["cam"]
     assert s["drops"] > 0 and s["frames"] + s["drops"] == 120, s
     frames, eos = _frames(tmp_path / "cam.msgpack")
