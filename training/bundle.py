@@ -23,8 +23,8 @@ from safetensors.torch import save_file
 
 from engine.bundle import BUNDLE_VERSION, load_bundle, sha256_file
 from engine.crop import CropConvention
-from engine.onnx_weights import store_weights_fp16
 from engine.landmarks68 import NAMES, REGIONS
+from engine.onnx_weights import store_weights_fp16
 from plugins.landmarks.transformer import OUTPUT_NAMES, LandmarkTransformerConfig, TupleOutputs, create_model
 
 log = logging.getLogger(__name__)

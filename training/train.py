@@ -304,7 +304,10 @@ def main(argv: list[str] | None = None) -> None:
                    help="override a config value, e.g. --set loss.loss_2d=l1 --set train.max_steps=400")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    cfg = load_config(args.config, args.set)
+    try:
+        cfg = load_config(args.config, args.set)
+    except ValueError as exc:  # a malformed --set, or a value the config schema rejects (names the key)
+        p.error(str(exc))
     out = args.out or f"runs/{Path(args.config).stem}"
     ckpt = train(cfg, out, resume=args.resume, stop_after=args.stop_after)
     print(f"checkpoint: {ckpt}")
