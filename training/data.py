@@ -36,7 +36,7 @@ from PIL import Image, ImageEnhance, ImageFilter
 from pydantic import BaseModel, ConfigDict, Field
 from torch.utils.data import Dataset, Sampler
 
-from engine.crop import crop_matrix, jitter_roi, roi_from_box, transform_points, warp_crop
+from engine.crop import crop_matrix, jitter_roi, roi_from_box, roi_from_landmarks, transform_points, warp_crop
 from engine.landmarks68 import FLIP_PERMUTATION, NUM_LANDMARKS
 
 log = logging.getLogger(__name__)
@@ -56,6 +56,13 @@ class AugmentConfig(BaseModel):
     blur_max_px: float = 1.5  # Gaussian radius in crop pixels
     occluder_prob: float = 0.3  # a random rectangle (colour or noise) over part of the face
     occluder_max: float = 0.4  # its largest side, fraction of the crop
+    # Crops the engine makes while tracking (issue 12): with this probability the roi comes from the
+    # label landmarks (engine.crop.roi_from_landmarks) disturbed as a previous frame's prediction is:
+    # every landmark moved by N(0, landmark_noise) and all of them by N(0, landmark_shift), both as
+    # fractions of the face size; then the usual jitter. Otherwise the detector-box roi.
+    landmark_crop_prob: float = 0.0
+    landmark_noise: float = 0.02
+    landmark_shift: float = 0.03
 
 
 class DataConfig(BaseModel):
@@ -141,6 +148,15 @@ def mirror_sample(s: dict, size: int) -> dict:
     return out
 
 
+def landmark_roi(landmarks: np.ndarray, rng: np.random.Generator, noise: float, shift: float) -> np.ndarray:
+    """The roi the engine would crop from a previous prediction of ``landmarks`` (68, 2): the label
+    disturbed per landmark and as a whole (fractions of the face size), then ``roi_from_landmarks``."""
+    lm = np.asarray(landmarks, dtype=np.float64)
+    size = float(np.sqrt(np.prod(np.maximum(lm.max(0) - lm.min(0), 1e-6))))
+    moved = lm + rng.normal(0, noise * size, lm.shape) + rng.normal(0, shift * size, 2)
+    return roi_from_landmarks(moved)
+
+
 def _rotation_between(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """Smallest rotation taking unit vector a to unit vector b (Rodrigues)."""
     v, c = np.cross(a, b), float(a @ b)
@@ -192,6 +208,7 @@ class FaceCrops(Dataset):
         std,
         augment: AugmentConfig | None = None,
         seed: int = 0,
+        landmark_crops: bool = False,
     ):
         if not refs:
             raise ValueError("FaceCrops: no samples (check the dataset paths and the mode/identity filters)")
@@ -202,6 +219,7 @@ class FaceCrops(Dataset):
         self.std = np.asarray(std, dtype=np.float32).reshape(3, 1, 1)
         self.augment = augment
         self.seed = seed
+        self.landmark_crops = landmark_crops  # no augmentation: crop from the label landmarks (2nd pass)
 
     def __len__(self) -> int:
         return len(self.refs)
@@ -218,7 +236,12 @@ class FaceCrops(Dataset):
         S = self.size
         roi = roi_from_box(a["box"])
         if rng is not None and self.augment is not None:
-            roi = jitter_roi(roi, rng, self.augment.jitter_shift, self.augment.jitter_scale)
+            aug = self.augment
+            if aug.landmark_crop_prob > 0 and rng.random() < aug.landmark_crop_prob:
+                roi = landmark_roi(a["landmarks_2d"], rng, aug.landmark_noise, aug.landmark_shift)
+            roi = jitter_roi(roi, rng, aug.jitter_shift, aug.jitter_scale)
+        elif self.landmark_crops:
+            roi = roi_from_landmarks(a["landmarks_2d"])
         M = crop_matrix(roi, S)
         kind = int(a["kind"])
         s = {

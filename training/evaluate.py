@@ -46,7 +46,7 @@ from training.evaluation.readers import READERS, DatasetLayoutError, EvalSample
 
 log = logging.getLogger("training.evaluate")
 
-DATASETS = ("synthetic", "dad3d", "multiface", "aflw2000")
+DATASETS = ("synthetic", "dad3d", "multiface", "aflw2000", "mf")
 DEFAULT_SPACING = 0.5  # NMLC units (x100 of sqrt(w*h)): well below the errors measured (2-5)
 MAX_DENSE_VERTICES = 600_000
 
@@ -73,6 +73,8 @@ def open_dataset(name: str, root: Path | None, args: argparse.Namespace):
         return reader, None  # faces come from the reader once samples are listed (first .obj)
     if name == "aflw2000":
         return READERS["aflw2000"](root, landmarks=args.aflw_landmarks), None
+    if name == "mf":  # held-out real clips' frames with the teacher's (mirror-averaged) labels
+        return READERS["mf"](root), None
     raise ValueError(f"unknown dataset {name!r}: use one of {', '.join(DATASETS)}")
 
 
@@ -262,6 +264,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--input-size", type=int, help=".onnx models without a manifest: crop size")
     p.add_argument("--onnx-spec", type=Path, help=".onnx models: JSON input spec (bundle manifest or its 'input')")
     p.add_argument("--threads", type=int, help="torch / onnxruntime CPU threads")
+    p.add_argument("--second-pass", action="store_true",
+                   help="also run each model a second time cropped from its first-pass landmarks (what tracking does)")
     p.add_argument("--no-plots", action="store_true")
     args = p.parse_args(argv)
     if not args.model and not args.baseline:
@@ -292,6 +296,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         datasets = _datasets(args)
         models = [open_model(s, args.threads, args.onnx_spec, args.input_size) for s in args.model]
+        if args.second_pass:  # also each bundle re-cropped from its own first-pass landmarks (tracking)
+            models += [m.second_pass() for m in models if hasattr(m, "second_pass")]
         models += [open_model(b) for b in args.baseline]
         names = [m.name for m in models]
         if len(set(names)) != len(names):

@@ -13,10 +13,12 @@ predicted scale shrinks (log|Sigma| < 0 for scales below one crop side): a negat
 
 from __future__ import annotations
 
+import math
 from typing import Literal
 
 import torch
 from pydantic import BaseModel, ConfigDict
+from torch import nn
 
 from engine.geometry import visibility_mask
 
@@ -32,6 +34,33 @@ class LossConfig(BaseModel):
     w_rot: float = 1.0
     w_2d_mf: float = 1.0
     norm_3d_cm: float = 10.0
+    # "fixed": the w_* weights alone. "learned": the 3D, rotation and translation terms become Laplace
+    # negative log-likelihoods with a learned scale each (``LossScales``), like the 2D LLL whose
+    # gradient grows as 1/scale: every term's gradient then grows as its own error shrinks, so the 2D
+    # term cannot win by tilting the canonical shape instead of rotating the head (issue 12, item 5).
+    balance: Literal["fixed", "learned"] = "fixed"
+    min_scale: float = 1e-3  # floor of the learned scales (normalised units; rotation in radians)
+
+
+class LossScales(nn.Module):
+    """Learned Laplace scales of the MV 3D, rotation and translation terms (homoscedastic uncertainty
+    weighting, Kendall et al. 2018). Optimised with the model, no weight decay; not part of a bundle.
+
+    A term with residual norm ``r`` in ``d`` dimensions costs ``r / b + d log b``: at the optimum
+    ``b = r / d`` and the gradient with respect to ``r`` is ``d / r``, the same law as the 2D LLL."""
+
+    TERMS = {"mv_3d": 3, "mv_rot": 1, "mv_t": 3}
+
+    def __init__(self, init: float = 0.1) -> None:
+        super().__init__()
+        self.log_b = nn.ParameterDict({k: nn.Parameter(torch.tensor(math.log(init))) for k in self.TERMS})
+
+    def nll(self, term: str, residual: torch.Tensor, floor: float) -> torch.Tensor:
+        b = self.log_b[term].exp().clamp(min=floor)
+        return residual / b + self.TERMS[term] * torch.log(b)
+
+    def values(self) -> dict[str, float]:
+        return {f"scale_{k}": float(v.detach().exp()) for k, v in self.log_b.items()}
 
 
 def laplace_nll(diff: torch.Tensor, scale_tril: torch.Tensor) -> torch.Tensor:
@@ -85,6 +114,7 @@ def facelift_loss(
     cfg: LossConfig,
     crop_size: int,
     nominal_depth_cm: float,
+    scales: LossScales | None = None,
 ) -> tuple[torch.Tensor, dict[str, float]]:
     """Total loss and its named terms (floats, for logging).
 
@@ -107,11 +137,21 @@ def facelift_loss(
     terms: dict[str, torch.Tensor] = {}
     # MV: full 3D labels, every landmark counts.
     d3 = (pred["landmarks_3d"] - batch["landmarks_3d"]) / cfg.norm_3d_cm
-    terms["mv_3d"] = cfg.w_3d * _masked_mean((d3 * d3).sum(-1).mean(-1), is_mv)
     dt = (pred["translation"] - batch["translation"]) / nominal_depth_cm
-    terms["mv_t"] = cfg.w_t * _masked_mean((dt * dt).sum(-1), is_mv)
+    angle = geodesic(pred["rotation"], batch["rotation"])
+    if cfg.balance == "learned":
+        if scales is None:
+            raise ValueError("loss.balance = 'learned' needs the LossScales module (training.losses.LossScales)")
+        e3 = torch.sqrt((d3 * d3).sum(-1) + 1e-12)  # (B, 68) per-landmark 3D distance
+        terms["mv_3d"] = cfg.w_3d * _masked_mean(scales.nll("mv_3d", e3, cfg.min_scale).mean(-1), is_mv)
+        et = torch.sqrt((dt * dt).sum(-1) + 1e-12)
+        terms["mv_t"] = cfg.w_t * _masked_mean(scales.nll("mv_t", et, cfg.min_scale), is_mv)
+        terms["mv_rot"] = cfg.w_rot * _masked_mean(scales.nll("mv_rot", angle, cfg.min_scale), is_mv)
+    else:
+        terms["mv_3d"] = cfg.w_3d * _masked_mean((d3 * d3).sum(-1).mean(-1), is_mv)
+        terms["mv_t"] = cfg.w_t * _masked_mean((dt * dt).sum(-1), is_mv)
+        terms["mv_rot"] = cfg.w_rot * _masked_mean(angle, is_mv)
     terms["mv_2d"] = cfg.w_2d_mv * _masked_mean(per_lm.mean(-1), is_mv)
-    terms["mv_rot"] = cfg.w_rot * _masked_mean(geodesic(pred["rotation"], batch["rotation"]), is_mv)
     # MF: only landmarks visible under the predicted rotation (no gradient through the mask).
     mask = visibility_mask(pred["rotation"].detach(), normals.to(pred["rotation"])).float() * w2d
     per_sample = (per_lm * mask).sum(-1) / mask.sum(-1).clamp(min=1e-6)
@@ -120,5 +160,7 @@ def facelift_loss(
     total = sum(terms.values())
     logs = {k: float(v.detach()) for k, v in terms.items()}
     logs["total"] = float(total.detach())
+    if scales is not None:
+        logs.update(scales.values())
     return total, logs
 

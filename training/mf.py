@@ -14,7 +14,7 @@ from pathlib import Path
 
 import av
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageOps
 
 from training.teacher.base import LandmarkTeacher
 from training.teacher.tddfa import crop_zero_padded
@@ -22,6 +22,8 @@ from training.teacher.tddfa import crop_zero_padded
 log = logging.getLogger(__name__)
 
 VIDEO_SUFFIXES = (".mp4", ".mkv", ".mov", ".avi", ".webm")
+# Photos are one-frame clips: the wild/ folder holds 383 of them next to its videos (issue 12).
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp")
 # Held out for validation by default (the evaluation uses them), never written as MF training samples.
 DEFAULT_EXCLUDE = ("liveportrait_d19.mp4", "pyfeat_single_face.mp4")
 CONTEXT = 3.0  # region side = CONTEXT x the face box side
@@ -47,11 +49,16 @@ def list_clips(folder: str | Path, exclude: tuple[str, ...] | list[str] = DEFAUL
     if not folder.is_dir():
         raise FileNotFoundError(f"--mf-clips {folder}: not a folder of video clips")
     excluded = set(exclude)
-    return sorted(p for p in folder.rglob("*") if p.suffix.lower() in VIDEO_SUFFIXES and p.name not in excluded)
+    suffixes = VIDEO_SUFFIXES + IMAGE_SUFFIXES
+    return sorted(p for p in folder.rglob("*") if p.suffix.lower() in suffixes and p.name not in excluded
+                  and p.name != "preview.jpg")  # a dataset's contact sheet, not a photo
 
 
 def count_frames(path: Path) -> int:
-    """Frames in the clip's first video stream (container metadata, else by decoding). Raises ClipError."""
+    """Frames in the clip's first video stream (container metadata, else by decoding); 1 for a photo.
+    Raises ClipError."""
+    if path.suffix.lower() in IMAGE_SUFFIXES:
+        return 1
     try:
         with av.open(str(path)) as container:
             if not container.streams.video:
@@ -70,6 +77,14 @@ def iter_frames(path: Path, every: int, start: int = 0, stop: int | None = None)
     """(frame index, RGB frame) for indices in [start, stop) that are multiples of ``every``.
 
     Decodes sequentially (exact frame indices; clips are short). Raises ClipError on decode failure."""
+    if path.suffix.lower() in IMAGE_SUFFIXES:
+        if start == 0 and (stop is None or stop > 0):
+            try:
+                with Image.open(path) as im:
+                    yield 0, np.asarray(ImageOps.exif_transpose(im).convert("RGB"))
+            except OSError as err:
+                raise ClipError(f"{path}: cannot read the photo ({err})") from err
+        return
     try:
         with av.open(str(path)) as container:
             stream = container.streams.video[0]
@@ -102,8 +117,10 @@ def to_region(points: np.ndarray, scale: float, origin: np.ndarray) -> np.ndarra
 class MFLabeler:
     """Detector + teacher on one frame -> an :class:`MFSample` of the most confident face, or None."""
 
-    def __init__(self, detector, teacher: LandmarkTeacher, image_size: int = 256, context: float = CONTEXT) -> None:
+    def __init__(self, detector, teacher: LandmarkTeacher, image_size: int = 256, context: float = CONTEXT,
+                 mirror: bool = False) -> None:
         self.detector = detector
+        self.mirror = mirror  # teacher mirror averaging (flip, remap, average)
         self.teacher = teacher
         self.image_size = image_size
         self.context = context
@@ -113,7 +130,7 @@ class MFLabeler:
         if len(det.boxes) == 0:
             return None
         box = np.asarray(det.boxes[int(np.argmax(det.scores))], dtype=np.float64)
-        res = self.teacher.predict_refined(frame_rgb, box[None])
+        res = self.teacher.predict_refined_batch([frame_rgb], box[None], mirror=self.mirror)
         region, scale, origin = face_region(frame_rgb, box, self.image_size, self.context)
         return MFSample(
             image=region,

@@ -52,11 +52,13 @@ class MVLabeler:
         image_size: int = 256,
         lifting: LiftingConfig | None = None,
         camera_space: AugmentedCameraSpace | None = None,
+        mirror: bool = False,
     ) -> None:
         self.generator = generator
         self.teacher = teacher
         self.detector = detector
         self.image_size = image_size
+        self.mirror = mirror  # teacher mirror averaging (flip, remap, average)
         self.lifting = lifting or LiftingConfig()
         self.camera_space = camera_space or AugmentedCameraSpace()
         self.rig = [rig_camera(az, el, size=rig_size) for az, el in rig_views()]
@@ -81,7 +83,7 @@ class MVLabeler:
         renders = [self.generator.render(identity, cam) for cam in self.rig]
         images = [r.image for r in renders]
         boxes = self.face_boxes(images, [r.landmarks_2d for r in renders])
-        detections = self.teacher.predict_refined_batch(images, boxes).landmarks
+        detections = self.teacher.predict_refined_batch(images, boxes, mirror=self.mirror).landmarks
         result = lift_cameras(self.rig, detections, self.rig_visible, self.lifting)
         if not result.ok:
             log.info("identity %d rejected: %s", seed, result.reason)

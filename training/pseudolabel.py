@@ -51,6 +51,7 @@ class PseudoLabelConfig(BaseModel):
     generator: str = "ict_head"
     detector: bool = Field(True, description="CenterFace boxes on renders (else landmark boxes)")
     detector_size: int = Field(320, ge=32, description="CenterFace input size (long side, multiple of 32)")
+    teacher_mirror: bool = Field(True, description="average the teacher over the image and its mirror")
     lifting: LiftingConfig = Field(default_factory=LiftingConfig)
 
     def identity_seed(self, index: int) -> int:
@@ -151,7 +152,8 @@ def _write_mv(cfg: PseudoLabelConfig, task: dict[str, Any], writer: ShardWriter)
     from training.mv import MVLabeler
 
     labeler = MVLabeler(_generator(), _teacher(), _detector() if cfg.detector else None,
-                        rig_size=cfg.rig_size, image_size=cfg.image_size, lifting=cfg.lifting)
+                        rig_size=cfg.rig_size, image_size=cfg.image_size, lifting=cfg.lifting,
+                        mirror=cfg.teacher_mirror)
     rejected: list[list] = []
     for index in range(*task["identities"]):
         seed = cfg.identity_seed(index)
@@ -168,7 +170,7 @@ def _write_mv(cfg: PseudoLabelConfig, task: dict[str, Any], writer: ShardWriter)
 def _write_mf(cfg: PseudoLabelConfig, task: dict[str, Any], writer: ShardWriter) -> dict[str, Any]:
     from training.mf import MFLabeler, iter_frames
 
-    labeler = MFLabeler(_detector(), _teacher(), image_size=cfg.image_size)
+    labeler = MFLabeler(_detector(), _teacher(), image_size=cfg.image_size, mirror=cfg.teacher_mirror)
     no_face, error = 0, None
     try:
         for frame_index, frame in iter_frames(Path(task["clip"]), cfg.mf_every, *task["frames"]):
@@ -288,11 +290,13 @@ def parse_args(argv: list[str] | None = None) -> PseudoLabelConfig:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--generator", default="ict_head")
     p.add_argument("--no-detector", action="store_true", help="landmark boxes instead of CenterFace on renders")
+    p.add_argument("--no-mirror", action="store_true", help="one teacher pass per image (no mirror averaging)")
     a = p.parse_args(argv)
     return PseudoLabelConfig(
         out=a.out, identities=a.identities, renders_per_identity=a.renders_per_identity, mf_clips=a.mf_clips,
         mf_every=a.mf_every, mf_exclude=a.exclude, image_size=a.image_size, rig_size=a.rig_size,
         shard_size=a.shard_size, workers=a.workers, seed=a.seed, generator=a.generator, detector=not a.no_detector,
+        teacher_mirror=not a.no_mirror,
     )
 
 

@@ -30,7 +30,7 @@ from tqdm import tqdm
 
 from plugins.landmarks.transformer import LandmarkTransformerConfig, create_model
 from training.data import MF, MV, DataConfig, FaceCrops, ResumableSampler, index_dataset, split_refs
-from training.losses import LossConfig, facelift_loss, geodesic
+from training.losses import LossConfig, LossScales, facelift_loss, geodesic
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +49,11 @@ class OptimConfig(BaseModel):
     # a later stage (e.g. different loss weights): start from this checkpoint's model weights, with a fresh
     # optimiser and schedule (relative to the working directory); --resume of this run takes precedence
     init_from: str | None = None
+    # initialise the encoder from a local weights file (safetensors; never a download): a path relative
+    # to the config's folder, or "shared:<path>" under the shared assets folder (FACELIFT_SHARED), e.g.
+    # "shared:teacher_3ddfa_v2/mb05_120x120.safetensors" for the face-trained 3DDFA_V2 MobileNet
+    init_backbone: str | None = None
+    backbone_lr_scale: float = 1.0  # the encoder's learning rate relative to ``lr`` (pretrained: < 1)
     amp: str = "auto"  # auto: bf16 on CUDA when supported, else fp16; never on CPU. "off" disables
     ckpt_every: int = 1000
     val_every: int = 1000
@@ -93,7 +98,53 @@ def load_config(path: str | Path, overrides: list[str] | None = None) -> TrainCo
     base = path.resolve().parent
     cfg.data.train = [str((base / p).resolve()) for p in cfg.data.train]
     cfg.data.val = [str((base / p).resolve()) for p in cfg.data.val]
+    ib = cfg.train.init_backbone
+    if ib and not ib.startswith("shared:"):
+        cfg.train.init_backbone = str((base / ib).resolve())
     return cfg
+
+
+def resolve_weights(spec: str) -> Path:
+    """``shared:<path>`` -> the shared assets file; anything else is a path. Raises a one-line error."""
+    if spec.startswith("shared:"):
+        from engine.assets import shared_asset
+
+        first, _, rest = spec[len("shared:"):].partition("/")
+        path = shared_asset(first) / rest
+    else:
+        path = Path(spec)
+    if not path.is_file():
+        raise FileNotFoundError(f"train.init_backbone: {path} does not exist (a local safetensors file; "
+                                "set FACELIFT_SHARED for shared: paths)")
+    return path
+
+
+def init_backbone(model, spec: str) -> None:
+    """Load encoder weights from a local safetensors file (train.init_backbone)."""
+    from safetensors.torch import load_file
+
+    path = resolve_weights(spec)
+    state = load_file(str(path))
+    net = model.backbone.net
+    if hasattr(net, "load_trunk"):
+        unused = net.load_trunk(state)
+    else:
+        result = net.load_state_dict(state, strict=False)
+        if result.missing_keys:
+            raise KeyError(f"{path}: lacks {len(result.missing_keys)} encoder tensors, e.g. {result.missing_keys[:3]}")
+        unused = result.unexpected_keys
+    log.info("encoder initialised from %s (%d tensors, %d unused: %s)", path, len(state), len(unused), unused[:4])
+
+
+def param_groups(model, scales, tc: "OptimConfig") -> list[dict]:
+    """AdamW groups: encoder (lr x backbone_lr_scale), the rest, and the loss scales (no decay)."""
+    enc = list(model.backbone.parameters())
+    enc_ids = {id(p) for p in enc}
+    rest = [p for p in model.parameters() if id(p) not in enc_ids]
+    groups = [{"params": enc, "lr": tc.lr * tc.backbone_lr_scale}, {"params": rest, "lr": tc.lr}]
+    if scales is not None:
+        groups.append({"params": list(scales.parameters()), "lr": tc.lr, "weight_decay": 0.0})
+    return groups
 
 
 def data_manifest_hash(paths: list[str]) -> str:
@@ -137,7 +188,7 @@ def validate(model, loader, device, max_batches: int) -> dict[str, float]:
     """NME (% of sqrt(w h) of the GT landmark box), 3D error (cm), pose error (deg) on held-out MV;
     NME vs the teacher on held-out MF frames."""
     model.eval()
-    sums: dict[str, list[float]] = {"mv_nme": [], "mv_3d_cm": [], "mv_pose_deg": [], "mf_nme": []}
+    sums: dict[str, list[float]] = {"mv_nme": [], "mv_3d_cm": [], "mv_pose_deg": [], "mv_tilt_deg": [], "mf_nme": []}
     for i, batch in enumerate(loader):
         if i >= max_batches:
             break
@@ -150,8 +201,23 @@ def validate(model, loader, device, max_batches: int) -> dict[str, float]:
         e3 = (pred["landmarks_3d"] - batch["landmarks_3d"]).norm(dim=-1).mean(-1)
         sums["mv_3d_cm"] += e3[mv].tolist()
         sums["mv_pose_deg"] += torch.rad2deg(geodesic(pred["rotation"], batch["rotation"]))[mv].tolist()
+        if mv.any():
+            sums["mv_tilt_deg"] += canonical_tilt_deg(pred["landmarks_3d"][mv], batch["landmarks_3d"][mv]).tolist()
     model.train()
     return {k: float(np.mean(v)) for k, v in sums.items() if v}
+
+
+def canonical_tilt_deg(pred: torch.Tensor, true: torch.Tensor) -> torch.Tensor:
+    """(B,) angle of the rotation that best aligns the true canonical 3D landmarks with the predicted
+    ones (Kabsch, centred): a tilted canonical shape explains 2D with the shape instead of the pose."""
+    p = pred.double() - pred.double().mean(1, keepdim=True)
+    q = true.double() - true.double().mean(1, keepdim=True)
+    u, _, vt = torch.linalg.svd(q.transpose(1, 2) @ p)
+    d = torch.sign(torch.linalg.det(u @ vt))
+    u = torch.cat([u[..., :2], u[..., 2:] * d[:, None, None]], dim=-1)
+    r = (u @ vt).transpose(1, 2)
+    cos = ((r.diagonal(dim1=1, dim2=2).sum(-1) - 1) / 2).clamp(-1, 1)
+    return torch.rad2deg(torch.acos(cos)).float()
 
 
 def rng_state() -> dict:
@@ -200,7 +266,10 @@ def train(cfg: TrainConfig, out: str | Path, resume: bool = False, stop_after: i
     log.info("train samples %d, val samples %d, device %s", len(train_ds), len(val_refs), device)
 
     model = create_model(m).to(device)
-    opt = torch.optim.AdamW(model.parameters(), lr=tc.lr, weight_decay=tc.weight_decay)
+    scales = LossScales().to(device) if cfg.loss.balance == "learned" else None
+    if tc.init_backbone and not (resume and ckpt_path.exists()) and not tc.init_from:
+        init_backbone(model, tc.init_backbone)
+    opt = torch.optim.AdamW(param_groups(model, scales, tc), lr=tc.lr, weight_decay=tc.weight_decay)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(tc))
     dtype = amp_dtype(tc, device)
     scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
@@ -209,6 +278,8 @@ def train(cfg: TrainConfig, out: str | Path, resume: bool = False, stop_after: i
     if resume and ckpt_path.exists():
         ck = torch.load(ckpt_path, map_location=device, weights_only=False)
         model.load_state_dict(ck["model"])
+        if scales is not None and "loss_scales" in ck:
+            scales.load_state_dict(ck["loss_scales"])
         opt.load_state_dict(ck["optimizer"])
         sched.load_state_dict(ck["scheduler"])
         scaler.load_state_dict(ck["scaler"])
@@ -216,7 +287,10 @@ def train(cfg: TrainConfig, out: str | Path, resume: bool = False, stop_after: i
         step, elapsed, val_figures = ck["step"], ck["elapsed_s"], ck.get("validation", {})
         log.info("resumed %s at step %d", ckpt_path, step)
     elif tc.init_from:
-        model.load_state_dict(torch.load(tc.init_from, map_location=device, weights_only=False)["model"])
+        ck = torch.load(tc.init_from, map_location=device, weights_only=False)
+        model.load_state_dict(ck["model"])
+        if scales is not None and "loss_scales" in ck:
+            scales.load_state_dict(ck["loss_scales"])
         log.info("initialised from %s", tc.init_from)
     if resume and not ckpt_path.exists():
         log.info("--resume: no checkpoint at %s; starting a new run", ckpt_path)
@@ -239,10 +313,12 @@ def train(cfg: TrainConfig, out: str | Path, resume: bool = False, stop_after: i
             ckpt_path, model=model.state_dict(), optimizer=opt.state_dict(), scheduler=sched.state_dict(),
             scaler=scaler.state_dict(), rng=rng_state(), step=step, elapsed_s=elapsed + time.time() - t0,
             config=cfg.model_dump(mode="json"), validation=val_figures, data_manifest_hash=data_hash,
+            loss_scales=scales.state_dict() if scales is not None else None,
             hardware=_hardware(device),
         )
 
     t0 = time.time()
+    start_step = step
     model.train()
     it = iter(loader)
     bar = tqdm(total=target, initial=step, desc="train", dynamic_ncols=True, disable=None)
@@ -250,7 +326,7 @@ def train(cfg: TrainConfig, out: str | Path, resume: bool = False, stop_after: i
         batch = _to(next(it), device)
         with torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
             pred = model(batch["image"])
-        loss, terms = facelift_loss(pred, batch, normals, cfg.loss, m.img_size, m.nominal_depth_cm)
+        loss, terms = facelift_loss(pred, batch, normals, cfg.loss, m.img_size, m.nominal_depth_cm, scales)
         opt.zero_grad(set_to_none=True)
         scaler.scale(loss).backward()
         scaler.unscale_(opt)
@@ -262,6 +338,8 @@ def train(cfg: TrainConfig, out: str | Path, resume: bool = False, stop_after: i
         bar.update(1)
         if step % tc.log_every == 0 or step == target:
             bar.set_postfix(loss=f"{terms['total']:.4f}")
+            rate = (step - start_step) * tc.batch_size / max(time.time() - t0, 1e-6)
+            writer.add_scalar("train/images_per_s", rate, step)
             for k, v in terms.items():
                 writer.add_scalar(f"loss/{k}", v, step)
             writer.add_scalar("lr", sched.get_last_lr()[0], step)

@@ -1,6 +1,7 @@
 """The FaceLift 3D landmark transformer (one architecture, timm style).
 
-image crop (B, 3, S, S) -> backbone (timm ViT or ResNet) -> image tokens (B, N, D)
+image crop (B, 3, S, S) -> backbone (timm ViT or ResNet, or a face-trained encoder of ``encoders/``)
+-> image tokens (B, N, D)
 68 landmark tokens + P pose tokens -> 3 x [cross-attention to image tokens, self-attention among the
 tokens, MLP] (pre-LayerNorm) -> LayerNorm -> MLP heads:
 - ``landmarks_3d`` (B, 68, 3): canonical 3D landmarks, head frame (ICT axes), cm;
@@ -29,6 +30,8 @@ import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
+from plugins.landmarks.encoders import ENCODERS
+
 NUM_LANDMARKS = 68
 OUTPUT_NAMES = (
     "landmarks_3d", "rotation", "translation", "landmarks_2d", "scale_tril", "uncertainty", "confidence"
@@ -40,7 +43,8 @@ class LandmarkTransformerConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    backbone: str = "vit_tiny_patch16_224"  # any timm ViT (patch embedding) or ResNet name
+    # any timm ViT (patch embedding) or ResNet name, or an encoder of plugins/landmarks/encoders/
+    backbone: str = "vit_tiny_patch16_224"
     backbone_args: dict = Field(default_factory=dict)  # extra timm.create_model kwargs (tests shrink it)
     # CNNs only: the timm feature index whose map becomes the image tokens (ResNet: 3 = layer3, stride 16,
     # an 8x8 grid at 128 px like a ViT/16; the layers after it are not built). None: the last stage.
@@ -121,6 +125,12 @@ class Backbone(nn.Module):
 
     def __init__(self, cfg: LandmarkTransformerConfig):
         super().__init__()
+        self.local = cfg.backbone in ENCODERS
+        if self.local:  # face-trained encoders of our own (plugins/landmarks/encoders/)
+            self.net = ENCODERS[cfg.backbone](cfg.img_size, **cfg.backbone_args)
+            self.num_features = self.net.num_features
+            self.is_vit, self.truncated, self.pos = False, False, None
+            return
         kwargs = dict(pretrained=False, **cfg.backbone_args)  # never pretrained: nothing is downloaded
         if cfg.is_vit:
             kwargs.update(img_size=cfg.img_size, num_classes=0, global_pool="")
@@ -141,6 +151,8 @@ class Backbone(nn.Module):
             nn.init.trunc_normal_(self.pos, std=0.02)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.local:
+            return self.net(x)  # tokens, positions embedded
         feats = self.net(x)[-1] if self.truncated else self.net.forward_features(x)
         if self.is_vit:
             return feats  # (B, prefix + patches, C), position already embedded

@@ -20,6 +20,7 @@ dataset knows them (the synthetic set); otherwise the engine's assumption (image
 
 from __future__ import annotations
 
+import copy
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,7 +29,7 @@ from typing import Protocol
 import numpy as np
 
 from engine.bundle import Bundle, BundleError, InputSpec, Manifest, load_bundle
-from engine.crop import CropConvention, crop_matrix, roi_from_box
+from engine.crop import CropConvention, crop_matrix, roi_from_box, roi_from_landmarks
 from engine.frame import Face
 from engine.geometry import FRONTAL
 from engine.landmarks68 import NAMES, REGIONS
@@ -55,10 +56,17 @@ class BundleModel:
     """A model bundle on the engine's onnxruntime backend, cropped and un-cropped as the engine does."""
 
     def __init__(self, bundle: Bundle, name: str | None = None, intra_op_threads: int | None = None,
-                 max_batch: int = 32):
+                 max_batch: int = 32, passes: int = 1):
         self.bundle = bundle
         self.name = name or bundle.manifest.name
         self.backend = create_backend(bundle, "onnxruntime", "cpu", "fp32", max_batch, intra_op_threads)
+        self.passes = passes  # 2: re-crop from the first pass's landmarks, as the engine does while tracking
+
+    def second_pass(self) -> BundleModel:
+        """The same model and backend, predicting twice: box crop, then ``roi_from_landmarks`` crop."""
+        twin = copy.copy(self)
+        twin.name, twin.passes = f"{self.name} (2nd pass)", 2
+        return twin
 
     @classmethod
     def from_dir(cls, path: str | Path, name: str | None = None, **kwargs) -> BundleModel:
@@ -67,8 +75,16 @@ class BundleModel:
     def predict(self, image_rgb: np.ndarray, boxes: np.ndarray, camera_matrix: np.ndarray | None = None
                 ) -> Prediction:
         boxes = np.asarray(boxes, np.float32).reshape(-1, 4)
+        rois = [roi_from_box(b) for b in boxes]
+        out = self._predict_rois(image_rgb, boxes, rois, camera_matrix)
+        for _ in range(self.passes - 1):
+            if len(boxes):
+                out = self._predict_rois(image_rgb, boxes, list(roi_from_landmarks(out["landmarks_2d"])), camera_matrix)
+        return out
+
+    def _predict_rois(self, image_rgb: np.ndarray, boxes: np.ndarray, rois: list, camera_matrix) -> Prediction:
         size = self.bundle.input_size
-        Ms = [crop_matrix(roi_from_box(b), size) for b in boxes]
+        Ms = [crop_matrix(roi, size) for roi in rois]
         if not Ms:
             return {"landmarks_2d": np.zeros((0, 68, 2), np.float32), "rotation": np.zeros((0, 3, 3)),
                     "confidence": np.zeros((0, 68), np.float32)}

@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from safetensors.torch import load_file
 
 from engine.assets import shared_asset
+from engine.landmarks68 import FLIP_PERMUTATION
 from training.teacher.base import TeacherResult
 from training.teacher.mobilenet import MobileNetV1
 
@@ -155,11 +156,31 @@ class Teacher:
         second.confidence = agreement_confidence(first.landmarks, second.landmarks)
         return second
 
-    def predict_refined_batch(self, images: list[np.ndarray], boxes: np.ndarray) -> TeacherResult:
+    def predict_refined_batch(self, images: list[np.ndarray], boxes: np.ndarray, mirror: bool = False) -> TeacherResult:
         """:meth:`predict_refined` for one face box (N, 4) in each of N images, in one network batch
-        per pass (e.g. the 41 rig views of an identity)."""
-        first = self._predict_rois(list(images), roi_from_boxes(boxes))
-        second = self._predict_rois(list(images), roi_from_landmarks(first.landmarks))
+        per pass (e.g. the 41 rig views of an identity).
+
+        ``mirror=True`` also runs both passes on the horizontally flipped images, maps those landmarks
+        back (x -> W - 1 - x, iBUG indices remapped) and averages: the teacher's left/right asymmetric
+        errors cancel, which pseudo-labels want (issue 12). Confidence then also counts the disagreement
+        between the two views."""
+        images = list(images)
+        if mirror:
+            widths = np.array([im.shape[1] for im in images], dtype=np.float64)
+            flipped = [np.ascontiguousarray(im[:, ::-1]) for im in images]
+            b = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
+            fboxes = np.stack([widths - 1 - b[:, 2], b[:, 1], widths - 1 - b[:, 0], b[:, 3]], axis=1)
+            both = self.predict_refined_batch(images + flipped, np.concatenate([b, fboxes]))
+            n = len(images)
+            back = both.landmarks[n:][:, FLIP_PERMUTATION].copy()
+            back[..., 0] = widths[:, None] - 1 - back[..., 0]
+            lm = (both.landmarks[:n] + back) / 2
+            conf = np.sqrt(both.confidence[:n] * both.confidence[n:][:, FLIP_PERMUTATION])
+            conf = conf * agreement_confidence(both.landmarks[:n], back)
+            return TeacherResult(lm.astype(np.float32), both.params[:n], both.roi[:n], both.pose[:n],
+                                 conf.astype(np.float32))
+        first = self._predict_rois(images, roi_from_boxes(boxes))
+        second = self._predict_rois(images, roi_from_landmarks(first.landmarks))
         second.confidence = agreement_confidence(first.landmarks, second.landmarks)
         return second
 

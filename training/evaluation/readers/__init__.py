@@ -5,15 +5,17 @@ from training.evaluation.readers.base import DatasetLayoutError, EvalSample, Rea
 from training.evaluation.readers.celebvhq import CelebVHQReader
 from training.evaluation.readers.dad3d import DAD3DHeadsReader
 from training.evaluation.readers.multiface import MultifaceReader
+from training.evaluation.readers.pseudolabel import PseudoLabelReader
 
 READERS = {
     "dad3d": DAD3DHeadsReader,
     "multiface": MultifaceReader,
     "aflw2000": AFLW2000Reader,
     "celebvhq": CelebVHQReader,
+    "mf": PseudoLabelReader,
 }
 
 __all__ = [
     "AFLW2000Reader", "CelebVHQReader", "DAD3DHeadsReader", "DatasetLayoutError", "EvalSample",
-    "MultifaceReader", "READERS", "Reader",
+    "MultifaceReader", "PseudoLabelReader", "READERS", "Reader",
 ]
