@@ -53,22 +53,25 @@ class MVLabeler:
         lifting: LiftingConfig | None = None,
         camera_space: AugmentedCameraSpace | None = None,
         mirror: bool = False,
+        rig_detector=None,
     ) -> None:
         self.generator = generator
         self.teacher = teacher
         self.detector = detector
         self.image_size = image_size
         self.mirror = mirror  # teacher mirror averaging (flip, remap, average)
+        self.rig_detector = rig_detector or detector  # may run at the (smaller) rig render size
         self.lifting = lifting or LiftingConfig()
         self.camera_space = camera_space or AugmentedCameraSpace()
         self.rig = [rig_camera(az, el, size=rig_size) for az, el in rig_views()]
         self.rig_visible = camera_visibility(self.rig)  # (41, 68)
         self.detector_misses = 0
 
-    def face_boxes(self, images: list[np.ndarray], fallbacks: list[np.ndarray]) -> np.ndarray:
+    def face_boxes(self, images: list[np.ndarray], fallbacks: list[np.ndarray], detector=None) -> np.ndarray:
         """(N, 4): the detector's most confident box on each image (one batched detector run), else
         the box of that image's ``fallbacks`` landmarks (counted in ``self.detector_misses``)."""
-        dets = self.detector.detect_batch(images) if self.detector is not None else [None] * len(images)
+        detector = detector or self.detector
+        dets = detector.detect_batch(images) if detector is not None else [None] * len(images)
         boxes = []
         for det, fallback in zip(dets, fallbacks):
             if det is not None and len(det.boxes):
@@ -82,7 +85,7 @@ class MVLabeler:
         identity = self.generator.identity(seed)
         renders = [self.generator.render(identity, cam) for cam in self.rig]
         images = [r.image for r in renders]
-        boxes = self.face_boxes(images, [r.landmarks_2d for r in renders])
+        boxes = self.face_boxes(images, [r.landmarks_2d for r in renders], self.rig_detector)
         detections = self.teacher.predict_refined_batch(images, boxes, mirror=self.mirror).landmarks
         result = lift_cameras(self.rig, detections, self.rig_visible, self.lifting)
         if not result.ok:

@@ -100,6 +100,7 @@ class BundleModel:
             "rotation": np.stack([f.rotation for f in faces]).astype(np.float64),
             "confidence": np.stack([f.confidence for f in faces]),
             "landmarks_3d": np.stack([f.landmarks_3d for f in faces]),
+            "landmarks_canonical": np.stack([f.landmarks_canonical for f in faces]),
         }
 
 

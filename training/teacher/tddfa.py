@@ -79,7 +79,11 @@ class Teacher:
 
     name = "3ddfa_v2_mb05_120x120"
 
-    def __init__(self, device: str = "cpu", asset_dir: Path | None = None) -> None:
+    def __init__(self, device: str = "cpu", asset_dir: Path | None = None, runtime: str = "torch",
+                 threads: int | None = None) -> None:
+        """``runtime="onnxruntime"`` runs the same network through ONNX Runtime (CPU; outputs within
+        ~1e-5 of torch, about 8x faster on one core than torch's depthwise convolutions): the
+        pseudo-label writer's choice."""
         root = Path(asset_dir) if asset_dir is not None else shared_asset("teacher_3ddfa_v2")
         self.device = torch.device(device)
         self.net = MobileNetV1()
@@ -88,6 +92,11 @@ class Teacher:
         except (OSError, RuntimeError) as err:
             raise RuntimeError(f"{root / 'mb05_120x120.safetensors'}: cannot load teacher weights: {err}") from err
         self.net.eval().to(self.device)
+        self.session = None
+        if runtime == "onnxruntime":
+            self.session = self._ort_session(threads)
+        elif runtime != "torch":
+            raise ValueError(f"runtime must be torch or onnxruntime, got {runtime!r}")
         bfm = np.load(root / "bfm68.npz")
         self.param_mean = bfm["param_mean"].astype(np.float64)
         self.param_std = bfm["param_std"].astype(np.float64)
@@ -117,7 +126,10 @@ class Teacher:
         """(N, 3, 120, 120) -> (N, 62) de-normalised parameters."""
         if len(x) == 0:
             return np.zeros((0, 62))
-        out = self.net(x.to(self.device)).double().cpu().numpy()
+        if self.session is not None:
+            out = self.session.run(None, {"input": x.numpy()})[0].astype(np.float64)
+        else:
+            out = self.net(x.to(self.device)).double().cpu().numpy()
         return out * self.param_std + self.param_mean
 
     def landmarks_from_params(self, params: np.ndarray, rois: np.ndarray) -> np.ndarray:
@@ -183,6 +195,19 @@ class Teacher:
         second = self._predict_rois(images, roi_from_landmarks(first.landmarks))
         second.confidence = agreement_confidence(first.landmarks, second.landmarks)
         return second
+
+    def _ort_session(self, threads: int | None):
+        import tempfile
+
+        import onnxruntime as ort
+
+        opts = ort.SessionOptions()
+        opts.log_severity_level = 3
+        if threads:
+            opts.intra_op_num_threads = threads
+        with tempfile.TemporaryDirectory() as tmp:
+            model = self.export_onnx(Path(tmp) / "teacher.onnx").read_bytes()
+        return ort.InferenceSession(model, opts, providers=["CPUExecutionProvider"])
 
     def export_onnx(self, path: str | Path) -> Path:
         """Export the network (normalised input -> normalised 62 outputs) with a dynamic batch axis."""
