@@ -143,7 +143,8 @@ def param_groups(model, scales, tc: "OptimConfig") -> list[dict]:
     rest = [p for p in model.parameters() if id(p) not in enc_ids]
     groups = [{"params": enc, "lr": tc.lr * tc.backbone_lr_scale}, {"params": rest, "lr": tc.lr}]
     if scales is not None:
-        groups.append({"params": list(scales.parameters()), "lr": tc.lr, "weight_decay": 0.0})
+        # 10x: a log-scale must move by ~2 within a few hundred steps to follow the errors as they shrink
+        groups.append({"params": list(scales.parameters()), "lr": tc.lr * 10, "weight_decay": 0.0})
     return groups
 
 
