@@ -1,7 +1,8 @@
 """Command line: ``python -m engine run|validate|plugins|subscribe|batch`` (also the ``facelift-engine`` script).
 
-Exit codes: 0 success (also after SIGINT/SIGTERM asked a run to stop), 1 a plugin failed to start or
-a run ended abnormally, 2 invalid configuration or arguments.
+Exit codes: 0 success: every input processed (also after SIGINT/SIGTERM asked a run to stop); 1 a
+plugin failed to start or a run ended abnormally; 2 invalid configuration or arguments; 3 some inputs
+failed or were unusable (the others were processed; the summary names them); 130 interrupted (batch).
 """
 
 from __future__ import annotations
@@ -93,13 +94,22 @@ def cmd_plugins(args: argparse.Namespace) -> int:
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
+    from engine.checks import check_pipeline
+
     try:
         config = load_config(args.config)
     except ConfigError as exc:
         print(str(exc), file=sys.stderr)
         return 2
+    errors, warnings = check_pipeline(config, deep=True)
+    for line in warnings:
+        print(f"warning: {line}", file=sys.stderr)
+    if errors:
+        print(str(ConfigError(errors, str(args.config))), file=sys.stderr)
+        return 2
     parts = [f"{len(config.sources)} source(s)", f"{len(config.stages)} stage(s)", f"{len(config.sinks)} sink(s)"]
-    print(f"OK: {args.config} ({', '.join(parts)})")
+    note = f", {len(warnings)} warning(s)" if warnings else ""
+    print(f"OK: {args.config} ({', '.join(parts)}{note})")
     return 0
 
 
@@ -115,11 +125,15 @@ def add_preview_sink(config: PipelineConfig, directory: Path) -> None:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    from engine.checks import check_pipeline
     from engine.metrics import format_summary
-    from engine.runtime import Pipeline, PipelineStartError
+    from engine.runtime import EXIT_INPUTS_FAILED, Pipeline, PipelineStartError, exit_code
 
     try:
         config = load_config(args.config)
+        errors, _ = check_pipeline(config)
+        if errors:
+            raise ConfigError(errors, str(args.config))
     except ConfigError as exc:
         print(str(exc), file=sys.stderr)
         return 2
@@ -135,7 +149,12 @@ def cmd_run(args: argparse.Namespace) -> int:
     print(format_summary(summary))
     if args.summary_json:
         Path(args.summary_json).write_text(json.dumps(summary, indent=2))
-    return 1 if summary.get("fatal") else 0
+    code = exit_code(summary)
+    if code == EXIT_INPUTS_FAILED:
+        failed = sum(len(v) for v in summary["source_errors"].values())
+        print(f"error: {failed} input(s) failed or were unusable (the 'source' lines above name them and why); "
+              f"fix or remove them (exit code {code})", file=sys.stderr)
+    return code
 
 
 def cmd_subscribe(args: argparse.Namespace) -> int:

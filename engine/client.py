@@ -7,11 +7,19 @@
                 print(msg.index, len(msg.faces))
 
 ``kind="sub"`` (default) pairs with the ``zmq_pub`` sink, ``kind="pull"`` with ``zmq_push``.
+
+Every malformed message raises :class:`engine.messages.MessageError` (a ``ValueError``); with
+``skip_invalid=True`` iteration logs and counts it (``invalid``) and goes on. Messages larger than
+``max_message_bytes`` are refused by ZeroMQ itself (``ZMQ_MAXMSGSIZE``: the peer is disconnected), so a
+hostile sender cannot make the client allocate gigabytes. ``curve_server_key`` (the sink's public key
+file) turns on CURVE encryption; ``curve_secret`` is this client's key file (needed when the sink only
+admits known clients; default: a fresh anonymous key pair).
 """
 
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Literal
@@ -19,9 +27,13 @@ from typing import Literal
 import msgpack
 import zmq
 
-from engine.messages import EndOfStream, FrameMessage, Message, decode, decode_obj
+from engine.curve import apply_curve
+from engine.messages import EndOfStream, FrameMessage, Message, MessageError, decode, decode_obj
 
-__all__ = ["Subscriber", "read_messages", "FrameMessage", "EndOfStream"]
+__all__ = ["Subscriber", "read_messages", "FrameMessage", "EndOfStream", "MessageError"]
+
+log = logging.getLogger(__name__)
+MAX_MESSAGE_BYTES = 64 << 20  # 64 MiB: thousands of faces per frame
 
 
 class Subscriber:
@@ -41,6 +53,10 @@ class Subscriber:
         timeout_s: float | None = 5.0,
         stop_after_eos: int | None = None,
         hwm: int = 10_000,
+        max_message_bytes: int | None = MAX_MESSAGE_BYTES,
+        skip_invalid: bool = False,
+        curve_server_key: str | None = None,
+        curve_secret: str | None = None,
     ):
         if kind not in ("sub", "pull"):
             raise ValueError(f"kind must be 'sub' or 'pull', not {kind!r}")
@@ -49,9 +65,15 @@ class Subscriber:
         self.endpoint = endpoint
         self.timeout_s = timeout_s
         self.stop_after_eos = stop_after_eos
+        self.skip_invalid = skip_invalid
+        self.invalid = 0  # malformed messages skipped (skip_invalid)
         self.socket = zmq.Context.instance().socket(zmq.SUB if kind == "sub" else zmq.PULL)
         self.socket.setsockopt(zmq.RCVHWM, hwm)
         self.socket.setsockopt(zmq.LINGER, 0)
+        if max_message_bytes is not None:
+            self.socket.setsockopt(zmq.MAXMSGSIZE, int(max_message_bytes))
+        if curve_server_key:
+            apply_curve(self.socket, curve_secret, curve_server_key, server=False)
         if kind == "sub":
             for topic in topics or [""]:
                 self.socket.setsockopt(zmq.SUBSCRIBE, topic.encode())
@@ -67,7 +89,9 @@ class Subscriber:
         if timeout is not None and not self.socket.poll(int(timeout * 1000)):
             raise TimeoutError(f"no message from {self.endpoint} within {timeout:g} s")
         parts = self.socket.recv_multipart()
-        return decode(parts[-1])  # [topic, payload]; payload is always last
+        if len(parts) != 2:
+            raise MessageError(f"expected a [topic, payload] message, got {len(parts)} part(s)")
+        return decode(parts[-1])
 
     def __iter__(self) -> Iterator[Message]:
         ended = 0
@@ -76,6 +100,12 @@ class Subscriber:
                 msg = self.recv()
             except TimeoutError:
                 return
+            except MessageError as exc:
+                if not self.skip_invalid:
+                    raise
+                self.invalid += 1
+                log.warning("%s: invalid message skipped (%d so far): %s", self.endpoint, self.invalid, exc)
+                continue
             yield msg
             if isinstance(msg, EndOfStream):
                 ended += 1

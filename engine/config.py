@@ -174,6 +174,14 @@ def load_config(path: str | Path, plugins: dict[str, type[Plugin]] | None = None
         data = tomllib.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise ConfigError([f"file not found: {path}"], str(path)) from None
+    except IsADirectoryError:
+        raise ConfigError([f"{path} is a folder; give the pipeline .toml file inside it"], str(path)) from None
+    except PermissionError:
+        raise ConfigError([f"cannot read {path}: permission denied"], str(path)) from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError([f"not UTF-8 text (byte {exc.start}); is this a TOML file? save it as UTF-8"], str(path)) from None
+    except OSError as exc:
+        raise ConfigError([f"cannot read {path}: {exc.strerror or exc}"], str(path)) from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError([f"not valid TOML: {exc}"], str(path)) from None
     config = parse_config(data, plugins, source=str(path), base_dir=path.resolve().parent)

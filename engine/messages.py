@@ -11,10 +11,14 @@ An ARRAY is ``{"dtype": "<f4", "shape": [68, 2], "data": <raw little-endian byte
 lists, so decoding is one ``np.frombuffer``). Optional face fields that a pipeline did not compute are
 omitted, not sent as nil. When a stream ends, sinks send one end-of-stream message::
 
-    {"type": "eos", "version": [1, 1], "stream": "cam0", "frames": 250}
+    {"type": "eos", "version": [1, 2], "stream": "cam0", "frames": 250, "dropped": 3,
+     "lost": {"drops": 0, "errors": 0, "decode_errors": 2}}
 
 ``frames`` is how many frame messages the sink emitted for that stream, so a subscriber can tell
-whether it missed any. Compatibility: a decoder accepts any minor version of its major version
+whether it missed any; ``dropped`` how many frame messages this sink could not deliver (zmq_pub at the
+high-water mark, zmq_push after its send timeout); ``lost`` the stream's counters upstream of the sink
+(queue ``drops`` of a live source, stage/sink ``errors``, ``decode_errors`` = damaged packets skipped,
+``reconnects``, ``outages``; only the non-zero ones need be present). Compatibility: a decoder accepts any minor version of its major version
 (unknown keys are ignored) and rejects other major versions with :class:`SchemaVersionError`.
 The JSON form (JSONL file sink) is the same map with arrays as nested lists.
 """
@@ -31,7 +35,8 @@ from engine.frame import Face, Frame
 
 # 1.1: faces carry the landmark stage's fields (landmarks_2d/3d/canonical, rotation, euler,
 # translation, confidence, visibility) and track_id; 1.0 decoders read 1.1 messages (extra keys only).
-SCHEMA_VERSION: tuple[int, int] = (1, 1)
+# 1.2: eos carries ``dropped`` and ``lost`` (loss counters).
+SCHEMA_VERSION: tuple[int, int] = (1, 2)
 
 # Face fields sent as arrays, with the dtype they are sent in (None: keep the array's own dtype).
 _ARRAY_FIELDS: dict[str, str] = {
@@ -73,11 +78,14 @@ class FrameMessage:
 
 @dataclass
 class EndOfStream:
-    """Sent once when a stream ends; ``frames`` = frame messages the sender emitted for it."""
+    """Sent once when a stream ends; ``frames`` = frame messages the sender emitted for it, ``dropped``
+    = frame messages it could not deliver, ``lost`` = the stream's loss counters upstream."""
 
     stream_id: str
     frames: int
     version: tuple[int, int] = SCHEMA_VERSION
+    dropped: int = 0
+    lost: dict[str, int] = field(default_factory=dict)
 
 
 Message = FrameMessage | EndOfStream
@@ -96,14 +104,15 @@ def unpack_array(obj: Any, key: str) -> np.ndarray:
         dtype = np.dtype(obj["dtype"])
         shape = tuple(int(s) for s in obj["shape"])
         data = obj["data"]
-    except (KeyError, TypeError) as exc:
+    except (KeyError, TypeError, ValueError) as exc:
         raise MessageError(f"{key}: expected an array map with dtype, shape and data") from exc
-    if dtype.kind not in "biuf":  # never let a message choose an object dtype
+    if dtype.kind not in "biuf" or dtype.itemsize > 8:  # never let a message choose an object dtype
         raise MessageError(f"{key}: unsupported dtype {obj['dtype']!r}")
-    arr = np.frombuffer(data, dtype=dtype)
-    if arr.size != int(np.prod(shape)):
-        raise MessageError(f"{key}: {arr.size} values do not fit shape {list(shape)}")
-    return arr.reshape(shape).astype(dtype.newbyteorder("="), copy=True)
+    if not isinstance(data, (bytes, bytearray)) or any(n < 0 for n in shape) or len(shape) > 8:
+        raise MessageError(f"{key}: data must be raw bytes and shape non-negative (got {type(data).__name__}, {list(shape)})")
+    if len(data) % dtype.itemsize or len(data) // dtype.itemsize != int(np.prod(shape, dtype=object)):
+        raise MessageError(f"{key}: {len(data)} bytes do not fit shape {list(shape)} of {dtype.str}")
+    return np.frombuffer(data, dtype=dtype).reshape(shape).astype(dtype.newbyteorder("="), copy=True)
 
 
 # ---------------------------------------------------------------- encode
@@ -140,8 +149,9 @@ def frame_obj(frame: Frame | FrameMessage, json_arrays: bool = False) -> dict[st
     }
 
 
-def eos_obj(stream_id: str, frames: int) -> dict[str, Any]:
-    return {"type": "eos", "version": list(SCHEMA_VERSION), "stream": stream_id, "frames": int(frames)}
+def eos_obj(stream_id: str, frames: int, lost: dict[str, int] | None = None, dropped: int = 0) -> dict[str, Any]:
+    return {"type": "eos", "version": list(SCHEMA_VERSION), "stream": stream_id, "frames": int(frames),
+            "dropped": int(dropped), "lost": {str(k): int(v) for k, v in (lost or {}).items()}}
 
 
 def _list_array(value: Any, dtype: str) -> list:
@@ -153,8 +163,8 @@ def encode(frame: Frame) -> bytes:
     return msgpack.packb(frame_obj(frame), use_bin_type=True)
 
 
-def encode_eos(stream_id: str, frames: int) -> bytes:
-    return msgpack.packb(eos_obj(stream_id, frames), use_bin_type=True)
+def encode_eos(stream_id: str, frames: int, lost: dict[str, int] | None = None, dropped: int = 0) -> bytes:
+    return msgpack.packb(eos_obj(stream_id, frames, lost, dropped), use_bin_type=True)
 
 
 # ---------------------------------------------------------------- decode
@@ -190,14 +200,18 @@ def _face_from_obj(obj: dict[str, Any], key: str, arrays_as_lists: bool) -> Face
 
 
 def decode_obj(obj: dict[str, Any], arrays_as_lists: bool = False) -> Message:
-    """A message map (from msgpack or JSON) as a :class:`FrameMessage` or :class:`EndOfStream`."""
+    """A message map (from msgpack or JSON) as a :class:`FrameMessage` or :class:`EndOfStream`.
+    Anything malformed raises :class:`MessageError` (or :class:`SchemaVersionError`), never a bare
+    ``ValueError``/``TypeError``."""
     if not isinstance(obj, dict):
         raise MessageError(f"expected a message map, got {type(obj).__name__}")
     version = _check_version(obj)
     kind = obj.get("type")
     try:
         if kind == "eos":
-            return EndOfStream(stream_id=str(obj["stream"]), frames=int(obj["frames"]), version=version)
+            lost = obj.get("lost") or {}
+            return EndOfStream(stream_id=str(obj["stream"]), frames=int(obj["frames"]), version=version,
+                               dropped=int(obj.get("dropped") or 0), lost={str(k): int(v) for k, v in lost.items()})
         if kind == "frame":
             width, height = (int(v) for v in obj["size"])
             faces = [
@@ -213,8 +227,12 @@ def decode_obj(obj: dict[str, Any], arrays_as_lists: bool = False) -> Message:
                 faces=faces,
                 version=version,
             )
+    except MessageError:
+        raise
     except KeyError as exc:
         raise MessageError(f"{kind} message: missing key {exc.args[0]!r}") from exc
+    except (TypeError, ValueError, AttributeError, OverflowError, MemoryError) as exc:
+        raise MessageError(f"{kind} message: malformed ({type(exc).__name__}: {exc})") from exc
     raise MessageError(f"unknown message type {kind!r} (expected 'frame' or 'eos')")
 
 
@@ -230,5 +248,5 @@ def decode(data: bytes) -> Message:
 def to_json_obj(message: Frame | Message) -> dict[str, Any]:
     """JSON-ready form of a frame or message (arrays as nested lists), for JSONL files."""
     if isinstance(message, EndOfStream):
-        return eos_obj(message.stream_id, message.frames)
+        return eos_obj(message.stream_id, message.frames, message.lost, message.dropped)
     return frame_obj(message, json_arrays=True)

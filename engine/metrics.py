@@ -32,6 +32,7 @@ class StreamStats:
     errors: int = 0  # stage/sink failures on this stream's frames, plus skipped inputs
     total_frames: int | None = None  # known length (file sources), for progress
     ended: bool = False
+    events: dict[str, int] = field(default_factory=dict)  # source/sink counters: decode_errors, reconnects, ...
 
 
 @dataclass
@@ -75,6 +76,13 @@ class Metrics:
         self._p_out = Counter("engine_stream_frames", "Frames delivered to sinks", slabels, registry=self.registry)
         self._p_faces = Counter("engine_stream_faces", "Faces delivered to sinks", slabels, registry=self.registry)
         self._p_drops = Counter("engine_stream_dropped_frames", "Frames dropped (live sources)", slabels, registry=self.registry)
+        self._p_events = Counter(
+            "engine_stream_events",
+            "Counted faults per stream: decode_errors (damaged packets skipped), reconnects, outages, "
+            "sink_drops (messages a sink could not deliver)",
+            [*slabels, "event"],
+            registry=self.registry,
+        )
         self._p_e2e = Histogram(
             "engine_end_to_end_seconds",
             "Time from decode to the sinks, per frame",
@@ -143,6 +151,19 @@ class Metrics:
             self.streams[stream_id].drops += 1
         self._p_drops.labels(self.pipeline, stream_id).inc()
 
+    def count(self, stream_id: str, event: str, n: int = 1) -> None:
+        """Count ``n`` fault events (``decode_errors``, ``reconnects``, ``outages``, ``sink_drops``, ...)."""
+        with self._lock:
+            events = self.streams[stream_id].events
+            events[event] = events.get(event, 0) + n
+        self._p_events.labels(self.pipeline, stream_id, event).inc(n)
+
+    def counts_of(self, stream_id: str) -> dict[str, int]:
+        """A stream's loss counters so far: queue ``drops``, stage/sink ``errors`` and the events."""
+        with self._lock:
+            st = self.streams[stream_id]
+            return {"drops": st.drops, "errors": st.errors, **st.events}
+
     def stream_total(self, stream_id: str, total: int | None) -> None:
         with self._lock:
             self.streams[stream_id].total_frames = total
@@ -187,7 +208,7 @@ class Metrics:
         wall = end - self.started
         with self._lock:
             streams = {
-                sid: {"frames": st.frames, "faces": st.faces, "drops": st.drops, "errors": st.errors}
+                sid: {"frames": st.frames, "faces": st.faces, "drops": st.drops, "errors": st.errors, **st.events}
                 for sid, st in sorted(self.streams.items())
             }
             stages = {
@@ -236,8 +257,10 @@ def format_summary(summary: dict[str, Any]) -> str:
         f"({summary['fps']:.1f} fps)"
     ]
     for sid, s in summary["streams"].items():
+        events = "".join(f", {v} {k.replace('_', ' ')}" for k, v in s.items()
+                         if k not in ("frames", "faces", "drops", "errors") and v)
         lines.append(
-            f"  stream {sid}: {s['frames']} frames, {s['faces']} faces, {s['drops']} dropped, {s['errors']} errors"
+            f"  stream {sid}: {s['frames']} frames, {s['faces']} faces, {s['drops']} dropped, {s['errors']} errors{events}"
         )
     for name, s in summary["stages"].items():
         mean = "-" if s["mean_batch_ms"] is None else f"{s['mean_batch_ms']:.1f} ms"

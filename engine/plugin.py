@@ -12,7 +12,8 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Iterator
+from collections import Counter
+from collections.abc import Callable, Iterator
 from importlib.metadata import entry_points
 from pathlib import Path
 from typing import Any, ClassVar
@@ -57,6 +58,19 @@ class Plugin:
 
     def __init__(self, options: PluginOptions):
         self.options = options
+        # set by the runtime: the pipeline was asked to stop (SIGINT/SIGTERM); a plugin that may block
+        # (e.g. a send to an absent peer) watches it so the first signal is not ignored
+        self.stop_event: threading.Event = threading.Event()
+        # per-stream event counters (decode_errors, reconnects, outages, sink_drops, ...): summary, metrics, eos
+        self.counters: Counter[tuple[str, str]] = Counter()
+        self.on_count: Callable[[str, str, int], None] | None = None  # set by the runtime (metrics)
+
+    def count(self, stream_id: str, event: str, n: int = 1) -> None:
+        """Count ``n`` events (e.g. ``"decode_errors"``) on ``stream_id``."""
+        self.__dict__.setdefault("counters", Counter())[stream_id, event] += n  # also without super().__init__
+        on_count = getattr(self, "on_count", None)
+        if on_count is not None:
+            on_count(stream_id, event, n)
 
     def start(self) -> None:
         """Acquire resources (models, sockets). Called once, before any data flows."""
@@ -80,6 +94,15 @@ class Source(Plugin):
         self.source_id = source_id
         self.errors: list[str] = []  # one line per skipped input, for the run summary
 
+    def planned_streams(self) -> list[str]:
+        """Stream ids this source will produce, as far as known before it starts (for start-up checks)."""
+        return [self.source_id]
+
+    def check_input(self) -> list[str]:
+        """Problems with the input found without decoding it (``validate``): one line each, naming
+        the option and what to do. Empty = looks fine (or cannot be told before running)."""
+        return []
+
     def frames(self, stop_event: threading.Event) -> Iterator[Frame]:
         raise NotImplementedError
 
@@ -100,13 +123,27 @@ class Stage(Plugin):
 
 
 class Sink(Plugin):
-    """Consumes processed frames (ZeroMQ, files, video overlay). ``close`` flushes."""
+    """Consumes processed frames (ZeroMQ, files, video overlay). ``close`` flushes.
+
+    ``counts_of(stream_id)`` (set by the runtime) gives a stream's upstream loss counters so far
+    (``drops``, ``errors``, ``decode_errors``, ``reconnects``, ...), for end-of-stream messages.
+    """
+
+    @staticmethod
+    def counts_of(stream_id: str) -> dict[str, int]:
+        return {}
 
     def write(self, frame: Frame) -> None:
         raise NotImplementedError
 
     def end_of_stream(self, stream_id: str) -> None:
         """Called when one stream has delivered its last frame (e.g. to close its file)."""
+
+    @classmethod
+    def check_streams(cls, options: PluginOptions, stream_ids: list[str]) -> list[str]:
+        """Before anything runs: problems this sink would have with these streams, one
+        ``option: problem`` line each (e.g. two streams mapping to one output file). Empty = fine."""
+        return []
 
 
 ROLES: dict[str, type[Plugin]] = {"source": Source, "stage": Stage, "sink": Sink}

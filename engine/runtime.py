@@ -50,6 +50,16 @@ class EndOfStream:
 
 Item = Frame | EndOfStream
 
+EXIT_OK, EXIT_FATAL, EXIT_USAGE, EXIT_INPUTS_FAILED = 0, 1, 2, 3
+
+
+def exit_code(summary: dict[str, Any]) -> int:
+    """The run's exit status: 1 if it ended abnormally, 3 if some input failed or was unusable (see
+    ``summary["source_errors"]``), else 0 (also after a stop by SIGINT/SIGTERM)."""
+    if summary.get("fatal"):
+        return EXIT_FATAL
+    return EXIT_INPUTS_FAILED if summary.get("source_errors") else EXIT_OK
+
 
 class _Lane:
     def __init__(self, maxsize: int, drop_oldest: bool):
@@ -190,6 +200,10 @@ class Pipeline:
             try:
                 plugin = spec.create()
                 self._plugins.append((spec, plugin))
+                plugin.stop_event = self.stop_event
+                plugin.on_count = self.metrics.count
+                if isinstance(plugin, Sink):
+                    plugin.counts_of = self.metrics.counts_of  # type: ignore[method-assign]
                 plugin.start()
             except Exception as exc:
                 self._close_plugins()

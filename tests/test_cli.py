@@ -84,7 +84,7 @@ format = "jsonl"
         cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )
     deadline = time.monotonic() + 30
-    while not (tmp_path / "js" / "cam.jsonl").exists() and time.monotonic() < deadline:
+    while not (tmp_path / "js" / "cam.jsonl.partial").exists() and time.monotonic() < deadline:  # written under a temp name
         time.sleep(0.05)
     time.sleep(1.0)  # some frames in
     proc.send_signal(signal.SIGTERM)

@@ -3,6 +3,17 @@
 Every message is multipart ``[topic, payload]``: the topic is the stream id (UTF-8), so SUB sockets
 can filter by stream; the payload is one :mod:`engine.messages` message (a frame, or the end-of-stream
 message sent once per stream). Decode with ``engine.messages.decode`` or use ``engine.client.Subscriber``.
+
+Losses are counted, never silent: ``zmq_pub`` sends without blocking (``ZMQ_XPUB_NODROP``), so a
+message that meets a full subscriber queue (the high-water mark) is dropped and counted per stream
+(``sink_drops`` in the summary and metrics, ``dropped`` in the stream's end-of-stream message); the
+end-of-stream message itself waits up to ``eos_timeout_ms`` for room. ``zmq_push`` waits for a receiver
+(up to ``send_timeout_ms`` if set), logs while it waits, and gives up after ``linger_ms`` once the
+pipeline is asked to stop, so Ctrl-C works without a receiver.
+
+Security: with ``curve_secret`` the socket uses ZeroMQ CURVE (encryption; with ``curve_clients`` also
+client authentication through ZAP). Binding an address other than loopback without keys is refused
+unless ``allow_insecure = true``. Keys: ``python -m engine keys DIR NAME``.
 """
 
 from __future__ import annotations
@@ -10,16 +21,35 @@ from __future__ import annotations
 import logging
 import time
 from collections import defaultdict
+from ipaddress import ip_address
 from typing import ClassVar, Literal
+from urllib.parse import urlsplit
 
 import zmq
-from pydantic import Field
+from pydantic import Field, model_validator
 
+from engine.curve import apply_curve, start_authenticator
 from engine.frame import Frame
 from engine.messages import encode, encode_eos
-from engine.plugin import PluginOptions, Sink
+from engine.plugin import PluginOptions, Sink, path_option
 
 log = logging.getLogger(__name__)
+
+WAIT_LOG_S = 5.0  # zmq_push: log "no receiver" after this long blocked, then every such interval
+
+
+def is_loopback(endpoint: str) -> bool:
+    """True for ipc://, inproc:// and tcp:// on a loopback address or ``localhost``."""
+    parts = urlsplit(endpoint)
+    if parts.scheme in ("ipc", "inproc"):
+        return True
+    host = (parts.hostname or "").split(";")[-1]
+    if host == "localhost":
+        return True
+    try:
+        return ip_address(host).is_loopback
+    except ValueError:
+        return False  # "*", an interface name or a host name
 
 
 class ZmqOptions(PluginOptions):
@@ -27,6 +57,27 @@ class ZmqOptions(PluginOptions):
     mode: Literal["bind", "connect"] = Field("bind", description="bind the endpoint or connect to it")
     hwm: int = Field(1000, ge=0, description="send high-water mark in messages (0 = unlimited)")
     linger_ms: int = Field(2000, ge=-1, description="how long close() may wait to deliver queued messages")
+    eos_timeout_ms: int = Field(2000, ge=0, description="how long an end-of-stream message may wait for queue room")
+    curve_secret: str | None = path_option(
+        None, description="CURVE: this end's key file with its secret key (python -m engine keys); encrypts the socket."
+    )
+    curve_server_key: str | None = path_option(
+        None, description="CURVE, mode = connect: the binding peer's public key file."
+    )
+    curve_clients: str | None = path_option(
+        None, description="CURVE, mode = bind: folder of the public key files of the clients allowed (ZAP); "
+        "unset = any client that knows this server's public key."
+    )
+    allow_insecure: bool = Field(False, description="allow binding a non-loopback address without CURVE keys")
+
+    @model_validator(mode="after")
+    def _secure_edge(self) -> ZmqOptions:
+        if self.mode == "bind" and not is_loopback(self.endpoint) and not self.curve_secret and not self.allow_insecure:
+            raise ValueError(f"binding {self.endpoint} (not loopback) without CURVE keys would let anyone on the network "
+                             "read the results; set curve_secret (python -m engine keys) or allow_insecure = true")
+        if self.mode == "connect" and self.curve_secret and not self.curve_server_key:
+            raise ValueError("curve_secret with mode = 'connect' needs curve_server_key (the binding peer's public key)")
+        return self
 
 
 class _ZmqSink(Sink):
@@ -36,6 +87,7 @@ class _ZmqSink(Sink):
         super().__init__(options)
         self.socket: zmq.Socket | None = None
         self.sent: dict[str, int] = defaultdict(int)  # frame messages per stream, for the eos message
+        self.dropped_by_stream: dict[str, int] = defaultdict(int)
         self.dropped = 0
 
     def _open(self) -> zmq.Socket:
@@ -44,27 +96,66 @@ class _ZmqSink(Sink):
         sock.setsockopt(zmq.SNDHWM, opts.hwm)
         sock.setsockopt(zmq.LINGER, opts.linger_ms)
         try:
+            if opts.curve_secret:
+                if opts.mode == "bind":
+                    start_authenticator(opts.curve_clients)
+                apply_curve(sock, opts.curve_secret, opts.curve_server_key, server=opts.mode == "bind")
             sock.bind(opts.endpoint) if opts.mode == "bind" else sock.connect(opts.endpoint)
-        except zmq.ZMQError as exc:
+        except (zmq.ZMQError, OSError, ValueError) as exc:
             sock.close(0)
             raise RuntimeError(f"cannot {opts.mode} {opts.endpoint}: {exc}") from exc
-        log.info("%s %s %s", self.name, "bound to" if opts.mode == "bind" else "connected to", opts.endpoint)
+        log.info("%s %s %s%s", self.name, "bound to" if opts.mode == "bind" else "connected to", opts.endpoint,
+                 " (CURVE)" if opts.curve_secret else "")
         return sock
 
-    def _send(self, topic: str, payload: bytes) -> None:
+    def _try_send(self, parts: list[bytes]) -> bool:
         try:
-            self.socket.send_multipart([topic.encode(), payload], copy=False)
-        except zmq.Again:  # zmq_push with send_timeout_ms: the peer did not take it in time
-            self.dropped += 1
-            if self.dropped == 1 or self.dropped % 100 == 0:
-                log.warning("%s: %d message(s) dropped (send timeout)", self.name, self.dropped)
+            self.socket.send_multipart(parts, flags=zmq.NOBLOCK, copy=False)
+            return True
+        except zmq.Again:
+            return False
+
+    def _send_waiting(self, parts: list[bytes], timeout_s: float | None) -> bool:
+        """Retry until sent, ``timeout_s`` passed, or (after a stop request) ``linger_ms`` passed."""
+        start = last_log = time.monotonic()
+        stop_deadline = None
+        while not self._try_send(parts):
+            now = time.monotonic()
+            if self.stop_event.is_set():
+                stop_deadline = stop_deadline or now + max(self.options.linger_ms, 0) / 1000.0
+            if (timeout_s is not None and now - start >= timeout_s) or (stop_deadline and now >= stop_deadline):
+                return False
+            if now - last_log >= WAIT_LOG_S:
+                last_log = now
+                log.warning("%s: no room to send on %s for %.0f s (no receiver?); waiting%s", self.name,
+                            self.options.endpoint, now - start, " (Ctrl-C stops)" if not self.stop_event.is_set() else "")
+            limits = [t for t in (timeout_s and start + timeout_s, stop_deadline) if t]
+            wait_ms = int(1000 * min([0.05, *(t - now for t in limits)]))
+            self.socket.poll(max(wait_ms, 1), zmq.POLLOUT)
+            time.sleep(0.002)  # XPUB reports POLLOUT even when a subscriber is full
+        return True
+
+    def _drop(self, stream_id: str, why: str) -> None:
+        self.dropped += 1
+        self.dropped_by_stream[stream_id] += 1
+        self.count(stream_id, "sink_drops")
+        if self.dropped == 1 or self.dropped % 100 == 0:
+            log.warning("%s: %d message(s) dropped (%s)", self.name, self.dropped, why)
+
+    def _send_frame(self, stream_id: str, parts: list[bytes]) -> bool:
+        raise NotImplementedError
 
     def write(self, frame: Frame) -> None:
-        self._send(frame.stream_id, encode(frame))
-        self.sent[frame.stream_id] += 1
+        if self._send_frame(frame.stream_id, [frame.stream_id.encode(), encode(frame)]):
+            self.sent[frame.stream_id] += 1
 
     def end_of_stream(self, stream_id: str) -> None:
-        self._send(stream_id, encode_eos(stream_id, self.sent.get(stream_id, 0)))
+        payload = encode_eos(stream_id, self.sent.get(stream_id, 0), self.counts_of(stream_id),
+                             self.dropped_by_stream.get(stream_id, 0))
+        if not self._send_waiting([stream_id.encode(), payload], self.options.eos_timeout_ms / 1000.0):
+            self._drop(stream_id, "end-of-stream message: no room")
+            log.error("%s: end-of-stream message of %r could not be sent within %d ms", self.name, stream_id,
+                      self.options.eos_timeout_ms)
 
     def close(self) -> None:
         if self.socket is not None:
@@ -73,7 +164,7 @@ class _ZmqSink(Sink):
 
 
 class ZmqPubSink(_ZmqSink):
-    """Publish messages on a PUB socket: slow subscribers lose messages at their HWM, never block."""
+    """Publish messages on a PUB socket: slow subscribers lose messages at their HWM (counted), never block."""
 
     name = "zmq_pub"
     socket_type = zmq.XPUB  # a PUB that also reports subscriptions (for wait_for_subscribers)
@@ -87,20 +178,24 @@ class ZmqPubSink(_ZmqSink):
     def start(self) -> None:
         self.socket = self._open()
         self.socket.setsockopt(zmq.XPUB_VERBOSE, 1)  # report every subscription, not only new topics
+        self.socket.setsockopt(zmq.XPUB_NODROP, 1)  # a full subscriber queue -> EAGAIN, which is counted
         want = self.options.wait_for_subscribers
         if want:
             got, deadline = 0, time.monotonic() + self.options.wait_timeout_s
-            while got < want and time.monotonic() < deadline:
+            while got < want and time.monotonic() < deadline and not self.stop_event.is_set():
                 if self.socket.poll(100):
                     msg = self.socket.recv()
                     got += bool(msg) and msg[0] == 1  # b"\x01topic" = subscribe
             if got < want:
                 log.warning("zmq_pub: %d of %d subscriber(s) after %.1f s; starting anyway", got, want, self.options.wait_timeout_s)
 
-    def write(self, frame: Frame) -> None:
-        super().write(frame)
+    def _send_frame(self, stream_id: str, parts: list[bytes]) -> bool:
         while self.socket.poll(0):  # discard (un)subscription notices so they do not pile up
             self.socket.recv()
+        if self._try_send(parts):
+            return True
+        self._drop(stream_id, "a subscriber's queue is at the high-water mark")
+        return False
 
 
 class ZmqPushSink(_ZmqSink):
@@ -111,10 +206,16 @@ class ZmqPushSink(_ZmqSink):
 
     class Options(ZmqOptions):
         send_timeout_ms: int | None = Field(
-            None, ge=0, description="drop (and count) a message after blocking this long; unset = block forever"
+            None, ge=0, description="drop (and count) a message after blocking this long; unset = wait for a "
+            "receiver (logged every 5 s; after a stop request at most linger_ms)"
         )
 
     def start(self) -> None:
         self.socket = self._open()
-        if self.options.send_timeout_ms is not None:
-            self.socket.setsockopt(zmq.SNDTIMEO, self.options.send_timeout_ms)
+
+    def _send_frame(self, stream_id: str, parts: list[bytes]) -> bool:
+        timeout = self.options.send_timeout_ms
+        if self._send_waiting(parts, None if timeout is None else timeout / 1000.0):
+            return True
+        self._drop(stream_id, "send timeout" if not self.stop_event.is_set() else "stopping, no receiver")
+        return False

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import glob
 import logging
+import os
 import sys
 import threading
 import time
@@ -34,6 +35,7 @@ STREAM_SCHEMES = ("rtsp", "rtsps", "rtmp", "rtmps", "http", "https", "udp", "tcp
 # What PyAV raises for unreadable input: FFmpegError subclasses (InvalidDataError is also a ValueError)
 # plus OSError for missing/unreadable files.
 _DECODE_ERRORS = (av.FFmpegError, OSError, ValueError)
+MAX_BAD_PACKETS_IN_A_ROW = 100  # after this many damaged packets in a row the rest of a file is skipped
 
 
 def _open_video(uri: str, **kwargs: Any) -> tuple[av.container.InputContainer, av.VideoStream]:
@@ -89,14 +91,34 @@ class FileSource(Source):
         self.live = options.realtime
 
     def paths(self) -> list[Path]:
-        """The files this source reads, in order (empty when nothing matches)."""
+        """The files this source reads, in order (empty when nothing matches). An existing file or
+        folder is taken literally even when its name has glob characters (``take[1].mp4``). Raises
+        ``OSError`` for a folder that cannot be listed."""
         raw = self.options.path
         p = Path(raw).expanduser()
         if p.is_dir():
             return sorted(f for f in p.iterdir() if f.is_file() and f.suffix.lower() in VIDEO_EXTENSIONS)
-        if glob.has_magic(raw):
+        if not p.exists() and glob.has_magic(raw):
             return [Path(f) for f in sorted(glob.glob(str(p), recursive=True)) if Path(f).is_file()]
         return [p]
+
+    def planned_streams(self) -> list[str]:
+        try:
+            return self.stream_ids(self.paths())
+        except OSError:
+            return [self.source_id]
+
+    def check_input(self) -> list[str]:
+        raw = self.options.path
+        try:
+            paths = self.paths()
+        except OSError as exc:
+            return [f"path: cannot list {raw} ({_describe(exc)}); check its permissions"]
+        if not paths:
+            return [f"path: nothing matches {raw!r} (video files: {', '.join(sorted(VIDEO_EXTENSIONS))}); fix the path"]
+        if len(paths) == 1 and not paths[0].is_file():
+            return [f"path: {raw} does not exist; fix the path (relative paths start at the config's folder)"]
+        return [f"path: {p} is not readable; check its permissions" for p in paths if not os.access(p, os.R_OK)]
 
     def stream_ids(self, paths: list[Path]) -> list[str]:
         if len(paths) == 1:
@@ -106,9 +128,15 @@ class FileSource(Source):
         return [f"{self.source_id}/{f.stem if stems.count(f.stem) == 1 else f.name}" for f in paths]
 
     def frames(self, stop_event: threading.Event) -> Iterator[Frame]:
-        paths = self.paths()
+        try:
+            paths = self.paths()
+        except OSError as exc:
+            self._error(f"file source {self.source_id!r}: cannot list {self.options.path!r} ({_describe(exc)}); "
+                        "check the folder's permissions")
+            return
         if not paths:
-            self._error(f"file source {self.source_id!r}: no video files match path {self.options.path!r}")
+            self._error(f"file source {self.source_id!r}: no video files match path {self.options.path!r} "
+                        f"(looked for {', '.join(sorted(VIDEO_EXTENSIONS))})")
             return
         for path, stream_id in zip(paths, self.stream_ids(paths)):
             if stop_event.is_set():
@@ -136,31 +164,52 @@ class FileSource(Source):
                 meta["total_frames"] = int(stream.frames)
             rate = float(stream.average_rate or stream.guessed_rate or 25)
             last_pts = None
-            decoded = 0
+            decoded = skipped = bad_run = 0
             try:
                 with container:
-                    for vf in container.decode(stream):
-                        if stop_event.is_set():
-                            return
-                        frame = _to_frame(vf, stream_id, index, meta)
-                        if frame.pts is not None:
-                            last_pts = frame.pts
-                            frame.pts += pts_offset
-                        if pending is not None:
-                            clock = self._pace(pending, clock, stop_event)
+                    for packet in container.demux(stream):
+                        try:
+                            decoded_frames = packet.decode()
+                            bad_run = 0
+                        except _DECODE_ERRORS as exc:
+                            # damage inside the file: skip this packet, count it, go on (as GStreamer's
+                            # max-errors and FFmpeg's default error concealment do)
+                            skipped, bad_run = skipped + 1, bad_run + 1
+                            self.count(stream_id, "decode_errors")
+                            if skipped == 1:
+                                log.warning("%s: damaged packet skipped (%s); counting further ones", path, _describe(exc))
+                            if bad_run >= MAX_BAD_PACKETS_IN_A_ROW:
+                                raise
+                            continue
+                        for vf in decoded_frames:
                             if stop_event.is_set():
                                 return
-                            yield pending
-                        pending = frame
-                        index += 1
-                        decoded += 1
+                            frame = _to_frame(vf, stream_id, index, meta)
+                            if frame.pts is not None:
+                                last_pts = frame.pts
+                                frame.pts += pts_offset
+                            if pending is not None:
+                                clock = self._pace(pending, clock, stop_event)
+                                if stop_event.is_set():
+                                    return
+                                yield pending
+                            pending = frame
+                            index += 1
+                            decoded += 1
+                            if max_frames is not None and index >= max_frames:
+                                break
                         if max_frames is not None and index >= max_frames:
                             break
             except _DECODE_ERRORS as exc:
                 self._error(f"{path}: decoding failed after {decoded} frames ({_describe(exc)}); rest skipped")
                 break
+            if skipped:
+                log.warning("%s: %d damaged packet(s) skipped, %d frames decoded", path, skipped, decoded)
+            if decoded == 0 and index == 0:
+                self._error(f"{path}: the video stream has no decodable frames; skipped")
+                break
             total = meta.get("total_frames")
-            if total and decoded + max(2, total // 100) < total and (max_frames is None or index < max_frames):
+            if total and decoded + skipped + max(2, total // 100) < total and (max_frames is None or index < max_frames):
                 # Threaded decoding can end quietly on a cut-off file instead of raising. The slack allows
                 # for edit lists that legitimately hide a frame or two of the container's count.
                 self._error(f"{path}: only {decoded} of {total} frames decodable (truncated or corrupt file)")
@@ -221,6 +270,7 @@ class _LiveSource(Source):
         failures = 0  # consecutive attempts that produced no frame
         delay = initial
         connections = 0
+        last_pts: float | None = None  # last pts sent: a new connection's timestamps continue after it
         while not stop_event.is_set():
             got_frames = False
             reason = "ended"
@@ -232,20 +282,38 @@ class _LiveSource(Source):
                 connections += 1
                 if connections > 1:
                     self.reconnects += 1
+                    self.count(self.source_id, "reconnects")
                     log.info("%s %r: reconnected to %s (reconnect #%d)", self.name, self.source_id, uri, self.reconnects)
                 meta = {"source_uri": uri, "connection": connections}
+                step = 1.0 / float(stream.average_rate or stream.guessed_rate or 25)
+                pts_offset: float | None = None
                 try:
                     with container:
-                        for vf in container.decode(stream):
-                            if stop_event.is_set():
-                                return
-                            got_frames = True
-                            yield _to_frame(vf, self.source_id, index, meta)
-                            index += 1
-                            if max_frames is not None and index >= max_frames:
-                                return
+                        for packet in container.demux(stream):
+                            try:
+                                decoded = packet.decode()
+                            except _DECODE_ERRORS as exc:  # a damaged packet: skip and count it, go on
+                                self.count(self.source_id, "decode_errors")
+                                log.debug("%s %r: damaged packet skipped (%s)", self.name, self.source_id, _describe(exc))
+                                continue
+                            for vf in decoded:
+                                if stop_event.is_set():
+                                    return
+                                got_frames = True
+                                frame = _to_frame(vf, self.source_id, index, meta)
+                                if frame.pts is not None:
+                                    if pts_offset is None:  # never let pts jump back after a reconnect
+                                        pts_offset = 0.0 if last_pts is None or frame.pts > last_pts else last_pts + step - frame.pts
+                                    frame.pts += pts_offset
+                                    last_pts = frame.pts
+                                yield frame
+                                index += 1
+                                if max_frames is not None and index >= max_frames:
+                                    return
                 except _DECODE_ERRORS as exc:
                     reason = f"lost ({_describe(exc)})"
+                if got_frames and not stop_event.is_set():
+                    self.count(self.source_id, "outages")
             if stop_event.is_set():
                 return
             if got_frames:
