@@ -164,6 +164,7 @@ def cmd_subscribe(args: argparse.Namespace) -> int:
     setup_logging(args.log_level or "WARNING")
     out = open(args.save, "w", encoding="utf-8") if args.save else None
     received = 0
+    sub = None
     try:
         with Subscriber(
             args.endpoint,
@@ -171,12 +172,19 @@ def cmd_subscribe(args: argparse.Namespace) -> int:
             kind="pull" if args.pull else "sub",
             mode="bind" if args.bind else "connect",
             timeout_s=args.timeout,
+            stop_after_eos=args.eos,
+            skip_invalid=True,  # one bad message must not end the session: logged and counted
+            max_message_bytes=args.max_message_mb << 20,
+            curve_server_key=args.curve_server_key,
+            curve_secret=args.curve_secret,
         ) as sub:
             for msg in sub:
                 if out is not None:
                     out.write(json.dumps(to_json_obj(msg), separators=(",", ":")) + "\n")
                 if isinstance(msg, EndOfStream):
-                    print(f"{msg.stream_id} end of stream ({msg.frames} frames sent)")
+                    lost = ", ".join(f"{k} {v}" for k, v in msg.lost.items() if v)
+                    print(f"{msg.stream_id} end of stream ({msg.frames} frames sent, {msg.dropped} dropped"
+                          f"{', upstream: ' + lost if lost else ''})")
                     continue
                 received += 1
                 if out is None or args.verbose:
@@ -188,10 +196,23 @@ def cmd_subscribe(args: argparse.Namespace) -> int:
                     break
     except KeyboardInterrupt:
         pass
+    except (OSError, ValueError) as exc:  # a bad endpoint or key file (zmq.ZMQError is an OSError)
+        print(f"error: {args.endpoint}: {exc}", file=sys.stderr)
+        return 2
     finally:
         if out is not None:
             out.close()
-    print(f"received {received} frame message(s)", file=sys.stderr)
+    invalid = sub.invalid if sub is not None else 0
+    print(f"received {received} frame message(s)" + (f", {invalid} invalid message(s) skipped" if invalid else ""),
+          file=sys.stderr)
+    return 0
+
+
+def cmd_keys(args: argparse.Namespace) -> int:
+    from engine.curve import create_keys
+
+    public, secret = create_keys(args.folder, args.name)
+    print(f"public key: {public}  (give it to the other side)\nsecret key: {secret}  (keep it private)")
     return 0
 
 
@@ -199,6 +220,10 @@ def cmd_batch(args: argparse.Namespace) -> int:
     from engine.batch import BatchOptions, DatasetError, list_celebvhq, list_files, run_batch
 
     setup_logging(args.log_level or "INFO")
+    out = Path(args.out)
+    if out.exists() and not out.is_dir():
+        print(f"error: --out {args.out} is a file; give a folder (created if missing)", file=sys.stderr)
+        return 2
     try:
         clips = list_celebvhq(args.celebvhq, args.clips_dir) if args.celebvhq else list_files(args.input)
         totals = run_batch(args.config, clips, args.out, BatchOptions(
@@ -210,13 +235,23 @@ def cmd_batch(args: argparse.Namespace) -> int:
     except DatasetError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print(f"interrupted: finished clips are kept in {args.out}; run the same command again to resume",
+              file=sys.stderr)
+        return 130
+    except OSError as exc:  # e.g. --out not writable
+        print(f"error: {exc.filename or args.out}: {exc.strerror or exc}", file=sys.stderr)
+        return 2
     print(totals["summary_markdown"])
     print(f"results in {args.out}/clips/, summary in {args.out}/summary.csv and summary.md")
-    return 0
+    return 3 if totals["failed"] or totals["skipped_failed"] or totals["missing"] else 0
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from engine import __version__
+
     parser = argparse.ArgumentParser(prog="python -m engine", description=__doc__.splitlines()[0])
+    parser.add_argument("--version", action="version", version=f"facelift-engine {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("run", help="run a pipeline until its sources end (Ctrl-C stops cleanly)")
@@ -243,8 +278,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--count", type=int, help="stop after this many frame messages")
     p.add_argument("--timeout", type=float, default=None, help="stop after this many seconds without a message")
     p.add_argument("--verbose", action="store_true", help="print a line per message also when saving")
+    p.add_argument("--eos", type=int, metavar="N", help="stop after N streams have ended (end-of-stream messages)")
+    p.add_argument("--max-message-mb", type=int, default=64, help="refuse larger messages (ZMQ_MAXMSGSIZE)")
+    p.add_argument("--curve-server-key", metavar="FILE", help="CURVE: the sink's public key file")
+    p.add_argument("--curve-secret", metavar="FILE", help="CURVE: this client's key file (if the sink admits only known keys)")
     p.add_argument("--log-level", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     p.set_defaults(func=cmd_subscribe)
+
+    p = sub.add_parser("keys", help="create a CURVE key pair (FOLDER/NAME.key public, NAME.key_secret secret)")
+    p.add_argument("folder", type=Path)
+    p.add_argument("name")
+    p.set_defaults(func=cmd_keys)
 
     p = sub.add_parser("batch", help="run the config's stages over a dataset of clips (resumable; docs/batch.md)")
     p.add_argument("--config", type=Path, required=True, help="pipeline.toml (its [[stages]] are run)")

@@ -19,6 +19,7 @@ import glob
 import json
 import logging
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -31,6 +32,9 @@ INFO_FILE = "celebvhq_info.json"
 # Where the clips may sit under a CelebV-HQ root: the root itself, the download script's folder, the
 # archive's folder name, or a plain name.
 CLIP_FOLDERS = (".", "processed", "35666", "clips", "videos")
+# A clip id becomes a file name (<id>.mp4 in, <id>.npz out): plain names only, so a hostile index
+# cannot read or write outside the dataset and output folders ("../../../x", "/etc/x", "a/b").
+SAFE_CLIP_ID = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9_.-]{0,254}")
 
 
 @dataclass(frozen=True)
@@ -47,6 +51,7 @@ class ClipList:
     clips: list[ClipTask]
     missing: list[str] = field(default_factory=list)  # ids listed in an index without a file
     source: dict[str, Any] = field(default_factory=dict)  # what was listed, for the run manifest
+    rejected: list[str] = field(default_factory=list)  # ids that are not plain file names (never opened)
 
 
 class DatasetError(ValueError):
@@ -71,13 +76,16 @@ def list_files(spec: str) -> ClipList:
     """Every video file in a folder (sorted), or the files matching a glob (``**`` allowed)."""
     path = Path(spec).expanduser()
     if path.is_dir():
-        files = _video_files(path)
+        try:
+            files = _video_files(path)
+        except OSError as exc:
+            raise DatasetError(f"--input {spec!r}: cannot list the folder ({exc.strerror or exc}); check its permissions") from None
         kind = "folder"
+    elif path.is_file():  # before the glob test: a literal name such as take[1].mp4
+        files, kind = [path], "file"
     elif glob.has_magic(spec):
         files = [Path(f) for f in sorted(glob.glob(str(path), recursive=True)) if Path(f).is_file()]
         kind = "glob"
-    elif path.is_file():
-        files, kind = [path], "file"
     else:
         raise DatasetError(f"--input {spec!r}: no such file or folder, and not a glob pattern")
     if not files:
@@ -117,7 +125,11 @@ def list_celebvhq(root: str | Path, clips_dir: str | Path | None = None) -> Clip
             raise TypeError("'clips' is not an object keyed by clip id")
     except (ValueError, KeyError, TypeError) as exc:
         raise DatasetError(f"{info_path}: not a CelebV-HQ info file ({type(exc).__name__}: {exc})") from None
-    ids = sorted(entries)
+    ids = sorted(cid for cid in entries if isinstance(cid, str) and SAFE_CLIP_ID.fullmatch(cid))
+    rejected = sorted(str(cid) for cid in entries if cid not in ids)
+    if rejected:
+        log.error("%s: %d clip id(s) are not plain file names and are skipped (counted as missing): %s",
+                  info_path, len(rejected), ", ".join(repr(c) for c in rejected[:5]))
     folder = Path(clips_dir).expanduser() if clips_dir else find_clip_folder(info_path.parent, ids)
     clips: list[ClipTask] = []
     missing: list[str] = []
@@ -130,7 +142,8 @@ def list_celebvhq(root: str | Path, clips_dir: str | Path | None = None) -> Clip
     if missing:
         log.warning("%s: %d of %d clips have no file in %s (counted as missing)", info_path, len(missing), len(ids), folder)
     if not clips:
-        raise DatasetError(f"{info_path}: none of its {len(ids)} clips found as <clip_id>.mp4 in {folder}")
-    source = {"kind": "celebvhq", "info": str(info_path), "clips_dir": str(folder), "listed": len(ids),
-              "clips": len(clips), "missing": len(missing)}
-    return ClipList(clips, missing, source)
+        raise DatasetError(f"{info_path}: none of its {len(entries)} clips found as <clip_id>.mp4 in {folder}"
+                           + (f" ({len(rejected)} id(s) rejected as unsafe file names)" if rejected else ""))
+    source = {"kind": "celebvhq", "info": str(info_path), "clips_dir": str(folder), "listed": len(entries),
+              "clips": len(clips), "missing": len(missing), "rejected": len(rejected)}
+    return ClipList(clips, missing, source, rejected)

@@ -20,6 +20,7 @@ import logging
 import multiprocessing as mp
 import os
 import queue
+import signal
 import subprocess
 import time
 from dataclasses import asdict, dataclass, field
@@ -85,7 +86,8 @@ def engine_version() -> str:
 def plan_job(clips: ClipList, out: OutputDir, cfg_hash: str, retry_failed: bool,
              failures: dict[str, dict[str, Any]]) -> Plan:
     """Split the clips into to-do and not-to-do (done = result file validates for this config)."""
-    plan = Plan(todo=[], statuses=[ClipStatus(cid, "missing", error="listed in the index, no file") for cid in clips.missing])
+    plan = Plan(todo=[], statuses=[ClipStatus(cid, "missing", error="listed in the index, no file") for cid in clips.missing]
+                + [ClipStatus(cid, "missing", error="rejected: the clip id is not a plain file name") for cid in clips.rejected])
     stale = 0
     for task in clips.clips:
         path = out.clip_path(task.clip_id)
@@ -147,6 +149,7 @@ def _put(q: Any, item: Any, parent_pid: int) -> None:
 
 def _decode_worker(tasks: Any, results: Any, parent_pid: int) -> None:
     """Spawned process: decode clips from ``tasks`` and send their frames in chunks."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole group: the main process handles it
     logging.getLogger("plugins.sources.pyav_source").setLevel(logging.CRITICAL)  # errors go to the main process
     while True:
         try:
@@ -326,7 +329,7 @@ def run_batch(config_path: str | Path, clips: ClipList, out_dir: str | Path, opt
              len(plan.todo), sum(s.status == "done" for s in plan.statuses),
              sum(s.status == "skipped_failed" for s in plan.statuses),
              "" if options.retry_failed else " (skipped; --retry-failed retries them)",
-             len(clips.missing))
+             len(clips.missing) + len(clips.rejected))
     statuses = list(plan.statuses)
     failure_log = FailureLog(out, failures)
 
@@ -336,12 +339,17 @@ def run_batch(config_path: str | Path, clips: ClipList, out_dir: str | Path, opt
 
     meta_base = clip_meta_base(config, cfg_hash)
     t0 = time.monotonic()
-    if options.ray:
-        from engine.batch.ray_job import run_ray
+    try:
+        if options.ray:
+            from engine.batch.ray_job import run_ray
 
-        run_ray(plan.todo, config, out, meta_base, options, on_result)
-    else:
-        run_local(plan.todo, config, out, meta_base, options, on_result)
+            run_ray(plan.todo, config, out, meta_base, options, on_result)
+        else:
+            run_local(plan.todo, config, out, meta_base, options, on_result)
+    except KeyboardInterrupt:  # finished clips are complete files; the next run resumes
+        run.update(end=now_iso(), status="interrupted", totals=totals_of(statuses, time.monotonic() - t0))
+        out.save_manifest(manifest)
+        raise
     wall = time.monotonic() - t0
     totals = totals_of(statuses, wall)
     markdown = out.write_summary(statuses, totals)
