@@ -22,6 +22,7 @@ import os
 import queue
 import signal
 import subprocess
+import threading
 import time
 from dataclasses import asdict, dataclass, field
 from importlib.metadata import PackageNotFoundError, version
@@ -205,8 +206,14 @@ def run_local(todo: list[ClipTask], config: PipelineConfig, out: OutputDir, meta
         tasks.put(None)
     procs = [ctx.Process(target=_decode_worker, args=(tasks, results, os.getpid()), daemon=True, name=f"decode-{i}")
              for i in range(workers)]
-    for p in procs:
-        p.start()
+    main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN) if main_thread else None  # children start ignoring Ctrl-C
+    try:
+        for p in procs:
+            p.start()
+    finally:
+        if main_thread:
+            signal.signal(signal.SIGINT, previous)
     by_id = {t.clip_id: t for t in todo}
     states: dict[str, _ClipState] = {}
     buffer: list[Frame] = []
