@@ -631,3 +631,51 @@ def test_readme_and_design_schema_keys_match_encoded_messages():
     design = (REPO_ROOT / "docs" / "DESIGN.md").read_text()
     wire = design[design.index("## Messages on the wire"):]
     assert "`index`" in wire and "`frame`, `pts`" not in wire
+
+
+# ------------------------------------------------------------------------------- CURVE
+
+
+def test_readme_curve_example_two_processes(tmp_path, media):
+    readme = (REPO_ROOT / "README.md").read_text()
+    block = readme[readme.index("<!-- curve-example -->"):readme.index("<!-- /curve-example -->")]
+    toml = block.split("```toml\n")[1].split("```")[0]
+    shell = block.split("```bash\n")[1].split("```")[0].strip().splitlines()
+    port = free_port()
+    toml = toml.replace("5556", str(port)).replace("samples/astronaut.mp4", str(media["good"]))
+    (tmp_path / "curve.toml").write_text(toml)
+    engine = f"{sys.executable} -m engine"
+    setup, run_line, sub_line = shell[:2], shell[2], shell[3]
+    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
+    for line in setup:
+        subprocess.run(line.replace("python -m engine", engine), shell=True, cwd=tmp_path, check=True, env=env)
+    assert run_line.endswith("&")
+    server = subprocess.Popen(run_line.rstrip("& ").replace("python -m engine", engine), shell=True, cwd=tmp_path,
+                              env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    # an anonymous client (no admitted key) gets nothing: ZAP refuses its handshake
+    anon = subprocess.run(f"{engine} subscribe tcp://127.0.0.1:{port} --curve-server-key keys/server.key --timeout 4",
+                          shell=True, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60)
+    assert anon.returncode == 0 and "received 0 frame message(s)" in anon.stderr
+    sub = subprocess.run(sub_line.replace("python -m engine", engine).replace("5556", str(port)) + " --timeout 30",
+                         shell=True, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=90)
+    out, err = server.communicate(timeout=60)
+    assert server.returncode == 0, err[-2000:]
+    assert sub.returncode == 0 and "received 12 frame message(s)" in sub.stderr, sub.stderr
+    assert "sample end of stream (12 frames sent, 0 dropped" in sub.stdout and "(CURVE)" in err
+
+
+def test_curve_sink_rejects_plaintext_subscriber(media):
+    from engine.curve import create_keys
+
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as d:
+        public, secret = create_keys(d, "server")
+        endpoint = f"tcp://127.0.0.1:{free_port()}"
+        run = Background({"sources": [file_src(media["good"])],
+                          "sinks": [{"type": "zmq_pub", "endpoint": endpoint, "curve_secret": str(secret),
+                                     "wait_for_subscribers": 1, "wait_timeout_s": 2}]})
+        with Subscriber(endpoint, timeout_s=3) as plain:  # no CURVE: the handshake never completes
+            got = list(plain)
+        summary = run.join(30)
+    assert got == [] and summary["streams"]["cam"]["frames"] == 12
