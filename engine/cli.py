@@ -183,8 +183,9 @@ def cmd_subscribe(args: argparse.Namespace) -> int:
                     out.write(json.dumps(to_json_obj(msg), separators=(",", ":")) + "\n")
                 if isinstance(msg, EndOfStream):
                     lost = ", ".join(f"{k} {v}" for k, v in msg.lost.items() if v)
-                    print(f"{msg.stream_id} end of stream ({msg.frames} frames sent, {msg.dropped} dropped"
-                          f"{', upstream: ' + lost if lost else ''})")
+                    print(f"{msg.stream_id} end of stream ({msg.frames} frames sent, "
+                          f"{sub.received.get(msg.stream_id, 0)} received, {sub.lost[msg.stream_id]} lost here, "
+                          f"{msg.dropped} dropped by the sink{', upstream: ' + lost if lost else ''})")
                     continue
                 received += 1
                 if out is None or args.verbose:
@@ -203,8 +204,9 @@ def cmd_subscribe(args: argparse.Namespace) -> int:
         if out is not None:
             out.close()
     invalid = sub.invalid if sub is not None else 0
-    print(f"received {received} frame message(s)" + (f", {invalid} invalid message(s) skipped" if invalid else ""),
-          file=sys.stderr)
+    lost = sum(sub.lost.values()) if sub is not None else 0
+    print(f"received {received} frame message(s)" + (f", {invalid} invalid message(s) skipped" if invalid else "")
+          + (f", {lost} lost (sent but not received, per the end-of-stream counts)" if lost else ""), file=sys.stderr)
     return 0
 
 

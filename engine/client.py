@@ -14,6 +14,14 @@ Every malformed message raises :class:`engine.messages.MessageError` (a ``ValueE
 hostile sender cannot make the client allocate gigabytes. ``curve_server_key`` (the sink's public key
 file) turns on CURVE encryption; ``curve_secret`` is this client's key file (needed when the sink only
 admits known clients; default: a fresh anonymous key pair).
+
+Losses are counted per stream on this side, because a ``zmq_pub`` sink drops messages per slow
+subscriber (PUB semantics) and only the subscriber can know what it missed: ``received[stream]`` counts
+frame messages, ``lost[stream]`` is how many the sink sent that did not arrive, as far as known: the
+gaps in the messages' ``seq`` so far and, once the stream's end-of-stream message arrived (``ended``),
+its ``frames`` minus ``received``. A subscriber still behind when a stream ends may miss that message
+too (it is published like the others): the stream is then not in ``ended`` and the losses after the last
+received message are unknown.
 """
 
 from __future__ import annotations
@@ -67,6 +75,10 @@ class Subscriber:
         self.stop_after_eos = stop_after_eos
         self.skip_invalid = skip_invalid
         self.invalid = 0  # malformed messages skipped (skip_invalid)
+        self.received: dict[str, int] = {}  # frame messages received per stream
+        self.lost: dict[str, int] = {}  # frame messages the sink sent that never arrived here, as far as known
+        self.ended: set[str] = set()  # streams whose end-of-stream message arrived
+        self._sent: dict[str, int] = {}  # per stream: messages the sink had sent, as far as known
         self.socket = zmq.Context.instance().socket(zmq.SUB if kind == "sub" else zmq.PULL)
         self.socket.setsockopt(zmq.RCVHWM, hwm)
         self.socket.setsockopt(zmq.LINGER, 0)
@@ -91,7 +103,23 @@ class Subscriber:
         parts = self.socket.recv_multipart()
         if len(parts) != 2:
             raise MessageError(f"expected a [topic, payload] message, got {len(parts)} part(s)")
-        return decode(parts[-1])
+        msg = decode(parts[-1])
+        self._account(msg)
+        return msg
+
+    def _account(self, msg: Message) -> None:
+        sid = msg.stream_id
+        # the sink's counts are cumulative per stream id, and so is ``received``
+        if isinstance(msg, EndOfStream):
+            self.ended.add(sid)
+            sent = msg.frames
+        else:
+            self.received[sid] = self.received.get(sid, 0) + 1
+            if msg.seq is None and sid not in self.ended:  # no counter (an older sink): known at the end
+                return
+            sent = 0 if msg.seq is None else msg.seq + 1
+        self._sent[sid] = max(self._sent.get(sid, 0), sent)
+        self.lost[sid] = max(self._sent[sid] - self.received.get(sid, 0), 0)
 
     def __iter__(self) -> Iterator[Message]:
         ended = 0

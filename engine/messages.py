@@ -9,9 +9,11 @@ Wire format (msgpack map, one per frame)::
 
 An ARRAY is ``{"dtype": "<f4", "shape": [68, 2], "data": <raw little-endian bytes>}`` (never nested
 lists, so decoding is one ``np.frombuffer``). Optional face fields that a pipeline did not compute are
-omitted, not sent as nil. When a stream ends, sinks send one end-of-stream message::
+omitted, not sent as nil. ZeroMQ sinks add ``"seq"``: the number of frame messages this sink sent
+for the stream before this one (0, 1, 2, ...), so a subscriber sees a gap as soon as it loses one (a
+``zmq_pub`` subscriber whose queue is full loses messages the others get). When a stream ends, sinks send one end-of-stream message::
 
-    {"type": "eos", "version": [1, 2], "stream": "cam0", "frames": 250, "dropped": 3,
+    {"type": "eos", "version": [1, 3], "stream": "cam0", "frames": 250, "dropped": 3,
      "lost": {"drops": 0, "errors": 0, "decode_errors": 2}}
 
 ``frames`` is how many frame messages the sink emitted for that stream, so a subscriber can tell
@@ -36,7 +38,8 @@ from engine.frame import Face, Frame
 # 1.1: faces carry the landmark stage's fields (landmarks_2d/3d/canonical, rotation, euler,
 # translation, confidence, visibility) and track_id; 1.0 decoders read 1.1 messages (extra keys only).
 # 1.2: eos carries ``dropped`` and ``lost`` (loss counters).
-SCHEMA_VERSION: tuple[int, int] = (1, 2)
+# 1.3: frame messages from ZeroMQ sinks carry ``seq`` (per-sink, per-stream message counter).
+SCHEMA_VERSION: tuple[int, int] = (1, 3)
 
 # Face fields sent as arrays, with the dtype they are sent in (None: keep the array's own dtype).
 _ARRAY_FIELDS: dict[str, str] = {
@@ -74,6 +77,7 @@ class FrameMessage:
     height: int
     faces: list[Face] = field(default_factory=list)
     version: tuple[int, int] = SCHEMA_VERSION
+    seq: int | None = None  # the sink's message counter for this stream (ZeroMQ sinks), None in files
 
 
 @dataclass
@@ -132,12 +136,14 @@ def _face_obj(face: Face, array: Any) -> dict[str, Any]:
     return obj
 
 
-def frame_obj(frame: Frame | FrameMessage, json_arrays: bool = False) -> dict[str, Any]:
+def frame_obj(frame: Frame | FrameMessage, json_arrays: bool = False, seq: int | None = None) -> dict[str, Any]:
     """The message map of a frame, or of a decoded frame message (re-encoding it, e.g. to save it).
-    ``json_arrays``: arrays as nested lists for JSON."""
+    ``json_arrays``: arrays as nested lists for JSON; ``seq``: the sink's message counter (ZeroMQ)."""
     array = _list_array if json_arrays else pack_array
     width, height = frame.size if isinstance(frame, Frame) else (frame.width, frame.height)
-    return {
+    if seq is None and isinstance(frame, FrameMessage):
+        seq = frame.seq
+    obj = {
         "type": "frame",
         "version": list(SCHEMA_VERSION),
         "stream": frame.stream_id,
@@ -147,6 +153,9 @@ def frame_obj(frame: Frame | FrameMessage, json_arrays: bool = False) -> dict[st
         "size": [width, height],
         "faces": [_face_obj(face, array) for face in frame.faces],
     }
+    if seq is not None:
+        obj["seq"] = int(seq)
+    return obj
 
 
 def eos_obj(stream_id: str, frames: int, lost: dict[str, int] | None = None, dropped: int = 0) -> dict[str, Any]:
@@ -158,9 +167,9 @@ def _list_array(value: Any, dtype: str) -> list:
     return np.asarray(value, dtype=np.dtype(dtype)).tolist()
 
 
-def encode(frame: Frame) -> bytes:
-    """One frame as a msgpack message."""
-    return msgpack.packb(frame_obj(frame), use_bin_type=True)
+def encode(frame: Frame, seq: int | None = None) -> bytes:
+    """One frame as a msgpack message (``seq``: see the module docstring)."""
+    return msgpack.packb(frame_obj(frame, seq=seq), use_bin_type=True)
 
 
 def encode_eos(stream_id: str, frames: int, lost: dict[str, int] | None = None, dropped: int = 0) -> bytes:
@@ -226,6 +235,7 @@ def decode_obj(obj: dict[str, Any], arrays_as_lists: bool = False) -> Message:
                 height=height,
                 faces=faces,
                 version=version,
+                seq=None if obj.get("seq") is None else int(obj["seq"]),
             )
     except MessageError:
         raise

@@ -79,7 +79,7 @@ class Metrics:
         self._p_events = Counter(
             "engine_stream_events",
             "Counted faults per stream: decode_errors (damaged packets skipped), reconnects, outages, "
-            "sink_drops (messages a sink could not deliver)",
+            "sink_drops (messages a sink could not deliver), eos_drops (end-of-stream messages a subscriber missed)",
             [*slabels, "event"],
             registry=self.registry,
         )

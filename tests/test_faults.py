@@ -318,18 +318,21 @@ def test_sigkill_of_run_never_leaves_a_final_name(tmp_path, media):
 
 
 class FatStage(Stage):
-    """Adds 60 faces with landmarks to each frame: ~100 KB messages, so queues fill on loopback."""
+    """Adds ``faces`` faces with landmarks to each frame (60: ~150 KB messages, so queues fill on loopback),
+    taking ``sleep_ms`` per frame (a pace a fast subscriber keeps up with)."""
 
     name = "fat"
 
     class Options(PluginOptions):
-        pass
+        faces: int = 60
+        sleep_ms: float = 0.0
 
     def process(self, frames):
         for f in frames:
+            time.sleep(self.options.sleep_ms / 1000)
             f.faces = [Face(box=np.zeros(4), score=1.0, keypoints=np.zeros((5, 2)), landmarks_2d=np.zeros((68, 2)),
                             landmarks_3d=np.zeros((68, 3)), landmarks_canonical=np.zeros((68, 3)),
-                            confidence=np.zeros(68)) for _ in range(60)]
+                            confidence=np.zeros(68)) for _ in range(self.options.faces)]
         return frames
 
 
@@ -346,13 +349,71 @@ class Background:
         return self.summary
 
 
-def test_zmq_pub_hwm_drops_are_counted_and_eos_carries_them(media):
+def slow_subscriber(endpoint: str) -> Subscriber:
+    """A SUB socket with tiny queues (1 message, 4 KiB kernel buffer) that the test does not read at first."""
+    sub = Subscriber(endpoint, hwm=1, timeout_s=10, stop_after_eos=1)
+    sub.socket.setsockopt(zmq.RCVBUF, 4096)  # applies to the connection made once the sink binds
+    return sub
+
+
+def test_zmq_pub_slow_subscriber_loses_only_its_own_messages_and_counts_them(media):
+    # default drop_policy = "subscriber" (PUB semantics): the slow subscriber's losses do not touch the
+    # fast one, the pipeline counts no sink drops, and each subscriber counts its own loss (seq gaps, eos)
     endpoint = f"tcp://127.0.0.1:{free_port()}"
-    with Subscriber(endpoint, hwm=1, timeout_s=10, stop_after_eos=1) as sub:
-        sub.socket.setsockopt(zmq.RCVBUF, 4096)
+    fast_got: list = []
+    slow_may_read = threading.Event()
+
+    def read_fast(sub: Subscriber) -> None:
+        for m in sub:
+            fast_got.append(m)
+            if isinstance(m, FrameMessage) and m.index == 40:
+                slow_may_read.set()
+
+    with slow_subscriber(endpoint) as slow, Subscriber(endpoint, timeout_s=20, stop_after_eos=1) as fast:
+        reader = threading.Thread(target=read_fast, args=(fast,))
+        reader.start()
+        run = Background({"sources": [file_src(media["sixty"])], "stages": [{"type": "fat", "faces": 150, "sleep_ms": 30}],
+                          "sinks": [{"type": "zmq_pub", "endpoint": endpoint, "hwm": 2, "wait_for_subscribers": 2,
+                                     "linger_ms": 20000, "eos_timeout_ms": 20000}]}, {"fat": FatStage})
+        assert slow_may_read.wait(30)  # the slow one did not read while 41 frames were published
+        slow_got = list(slow)
+        reader.join(30)
+        summary = run.join()
+    assert summary["streams"]["cam"]["frames"] == 60 and not summary["streams"]["cam"].get("sink_drops")
+    assert not any(summary["sink_drops"].values())
+    for sub, got in ((fast, fast_got), (slow, slow_got)):
+        frames = [m for m in got if isinstance(m, FrameMessage)]
+        seqs = [m.seq for m in frames]
+        assert seqs == sorted(seqs) and sub.received["cam"] == len(frames)
+        eos = [m for m in got if isinstance(m, EndOfStream)]
+        # a subscriber still behind when the stream ends may miss the marker too (PUB semantics); then
+        # its known losses are the gaps it saw, else everything the marker says was sent and never arrived
+        sent = eos[0].frames if eos else seqs[-1] + 1
+        assert sub.lost["cam"] == sent - len(frames) and (sub.ended == {"cam"}) == bool(eos)
+        assert all(m.frames == 60 and m.dropped == 0 for m in eos)
+    assert fast.ended == {"cam"} and fast.lost["cam"] == 0 and fast.received["cam"] == 60
+    assert slow.lost["cam"] > 0 and slow.received["cam"] + slow.lost["cam"] <= 60
+
+
+def test_subscriber_counts_seq_gaps_and_the_tail_from_eos():
+    with Subscriber("tcp://127.0.0.1:*", kind="pull", mode="bind", timeout_s=5, stop_after_eos=1) as sub:
+        push = _push(sub.endpoint)
+        for seq in (0, 1, 4, 5):  # 2 and 3 lost on the way
+            push.send_multipart([b"c", encode(Frame(stream_id="c", index=seq, pts=None, time=0.0,
+                                                    image=np.zeros((2, 2, 3), np.uint8)), seq=seq)])
+        got = [sub.recv() for _ in range(4)]
+        assert sub.lost == {"c": 2} and sub.received == {"c": 4} and not sub.ended and got[2].seq == 4
+        push.send_multipart([b"c", encode_eos("c", 8)])  # 6 and 7 lost too: only the marker can say
+        assert isinstance(sub.recv(), EndOfStream) and sub.lost == {"c": 4} and sub.ended == {"c"}
+        push.close(0)
+
+
+def test_zmq_pub_drop_policy_all_counts_drops_in_the_pipeline(media):
+    endpoint = f"tcp://127.0.0.1:{free_port()}"
+    with slow_subscriber(endpoint) as sub:
         run = Background({"sources": [file_src(media["sixty"])], "stages": [{"type": "fat"}],
                           "sinks": [{"type": "zmq_pub", "endpoint": endpoint, "hwm": 1, "wait_for_subscribers": 1,
-                                     "eos_timeout_ms": 10000}]}, {"fat": FatStage})
+                                     "eos_timeout_ms": 10000, "drop_policy": "all"}]}, {"fat": FatStage})
         time.sleep(1.5)  # the subscriber does not read: the publisher's queue fills
         got = [m for m in sub]
     summary = run.join()
@@ -361,6 +422,7 @@ def test_zmq_pub_hwm_drops_are_counted_and_eos_carries_them(media):
     dropped = summary["streams"]["cam"]["sink_drops"]
     assert dropped > 0 and eos.dropped == dropped and list(summary["sink_drops"].values()) == [dropped]
     assert eos.frames + eos.dropped == 60 and len(frames) == eos.frames  # nothing lost without being counted
+    assert sub.lost["cam"] == 0  # what was sent arrived; the losses are the pipeline's count
 
 
 def test_zmq_push_without_receiver_stops_on_request(media):
@@ -498,7 +560,7 @@ def test_subscribe_cli_survives_a_bad_message(tmp_path):
     push.close()
     assert proc.returncode == 0, err
     assert "received 1 frame message(s), 1 invalid message(s) skipped" in err
-    assert "c end of stream (1 frames sent, 3 dropped, upstream: decode_errors 2)" in out
+    assert "c end of stream (1 frames sent, 1 received, 0 lost here, 3 dropped by the sink, upstream: decode_errors 2)" in out
 
 
 # ------------------------------------------------------------------------------- validate
@@ -619,7 +681,7 @@ def test_readme_and_design_schema_keys_match_encoded_messages():
                 landmarks_3d=np.zeros((68, 3)), landmarks_canonical=np.zeros((68, 3)), rotation=np.eye(3),
                 euler=np.zeros(3), translation=np.zeros(3), confidence=np.zeros(68), visibility=np.ones(68, bool))
     frame = msgpack.unpackb(encode(Frame(stream_id="c", index=0, pts=0.0, time=1.0, image=np.zeros((2, 2, 3), np.uint8),
-                                         faces=[full])), raw=False)
+                                         faces=[full]), seq=0), raw=False)  # as a ZeroMQ sink sends it
     eos = msgpack.unpackb(encode_eos("c", 1, {"drops": 0}), raw=False)
     readme = (REPO_ROOT / "README.md").read_text()
     para = readme[readme.index("Messages (schema in"):readme.index("Arrays are")]
@@ -661,7 +723,7 @@ def test_readme_curve_example_two_processes(tmp_path, media):
     out, err = server.communicate(timeout=60)
     assert server.returncode == 0, err[-2000:]
     assert sub.returncode == 0 and "received 12 frame message(s)" in sub.stderr, sub.stderr
-    assert "sample end of stream (12 frames sent, 0 dropped" in sub.stdout and "(CURVE)" in err
+    assert "sample end of stream (12 frames sent, 12 received, 0 lost here, 0 dropped" in sub.stdout and "(CURVE)" in err
 
 
 def test_curve_sink_rejects_plaintext_subscriber(media):

@@ -4,10 +4,15 @@ Every message is multipart ``[topic, payload]``: the topic is the stream id (UTF
 can filter by stream; the payload is one :mod:`engine.messages` message (a frame, or the end-of-stream
 message sent once per stream). Decode with ``engine.messages.decode`` or use ``engine.client.Subscriber``.
 
-Losses are counted, never silent: ``zmq_pub`` sends without blocking (``ZMQ_XPUB_NODROP``), so a
-message that meets a full subscriber queue (the high-water mark) is dropped and counted per stream
-(``sink_drops`` in the summary and metrics, ``dropped`` in the stream's end-of-stream message); the
-end-of-stream message itself waits up to ``eos_timeout_ms`` for room. ``zmq_push`` waits for a receiver
+Losses are never silent. ``zmq_pub`` has ZeroMQ PUB semantics by default (``drop_policy =
+"subscriber"``): a subscriber whose queue is at the high-water mark loses that message and only it;
+the others and the pipeline go on. The pipeline cannot see which subscriber lost what, so each one counts
+its own losses: the stream's end-of-stream message carries ``frames`` (frame messages sent), and
+``Subscriber.lost`` is ``frames`` minus what it received. ``drop_policy = "all"`` sends with
+``ZMQ_XPUB_NODROP`` instead: a message that meets any full subscriber queue is dropped for every
+subscriber and counted pipeline-side per stream (``sink_drops`` in the summary and metrics,
+``dropped`` in the end-of-stream message). Under both policies the end-of-stream message waits up to
+``eos_timeout_ms`` for room at every subscriber. ``zmq_push`` waits for a receiver
 (up to ``send_timeout_ms`` if set), logs while it waits, and gives up after ``linger_ms`` once the
 pipeline is asked to stop, so Ctrl-C works without a receiver.
 
@@ -146,7 +151,9 @@ class _ZmqSink(Sink):
         raise NotImplementedError
 
     def write(self, frame: Frame) -> None:
-        if self._send_frame(frame.stream_id, [frame.stream_id.encode(), encode(frame)]):
+        # seq = messages sent so far: a message dropped for everyone ("all", push timeout) takes no number,
+        # so a gap a subscriber sees is its own loss
+        if self._send_frame(frame.stream_id, [frame.stream_id.encode(), encode(frame, self.sent[frame.stream_id])]):
             self.sent[frame.stream_id] += 1
 
     def end_of_stream(self, stream_id: str) -> None:
@@ -164,7 +171,7 @@ class _ZmqSink(Sink):
 
 
 class ZmqPubSink(_ZmqSink):
-    """Publish messages on a PUB socket: slow subscribers lose messages at their HWM (counted), never block."""
+    """Publish messages on a PUB socket: a slow subscriber loses its own messages at the HWM, never blocks."""
 
     name = "zmq_pub"
     socket_type = zmq.XPUB  # a PUB that also reports subscriptions (for wait_for_subscribers)
@@ -174,11 +181,17 @@ class ZmqPubSink(_ZmqSink):
             0, ge=0, description="before data flows, wait until this many subscriptions arrived (slow-joiner fix)"
         )
         wait_timeout_s: float = Field(10.0, gt=0, description="give up waiting for subscribers after this long")
+        drop_policy: Literal["subscriber", "all"] = Field(
+            "subscriber", description="'subscriber': PUB semantics, a slow subscriber loses only its own messages "
+            "(each subscriber computes its loss from the end-of-stream message's frame count); 'all': a message "
+            "that meets any full subscriber queue is dropped for all subscribers and counted in sink_drops"
+        )
 
     def start(self) -> None:
         self.socket = self._open()
         self.socket.setsockopt(zmq.XPUB_VERBOSE, 1)  # report every subscription, not only new topics
-        self.socket.setsockopt(zmq.XPUB_NODROP, 1)  # a full subscriber queue -> EAGAIN, which is counted
+        # "all": a full subscriber queue -> EAGAIN for everyone, which is counted here
+        self.socket.setsockopt(zmq.XPUB_NODROP, int(self.options.drop_policy == "all"))
         want = self.options.wait_for_subscribers
         if want:
             got, deadline = 0, time.monotonic() + self.options.wait_timeout_s
@@ -192,10 +205,30 @@ class ZmqPubSink(_ZmqSink):
     def _send_frame(self, stream_id: str, parts: list[bytes]) -> bool:
         while self.socket.poll(0):  # discard (un)subscription notices so they do not pile up
             self.socket.recv()
-        if self._try_send(parts):
+        if self._try_send(parts):  # "subscriber": always succeeds, ZeroMQ drops per full subscriber
             return True
-        self._drop(stream_id, "a subscriber's queue is at the high-water mark")
+        self._drop(stream_id, "a subscriber's queue is at the high-water mark (drop_policy = 'all')")
         return False
+
+    def end_of_stream(self, stream_id: str) -> None:
+        # The marker is what lets each subscriber count its losses, so it waits for room at every
+        # subscriber (NODROP) whatever the policy.
+        if self.options.drop_policy == "all":
+            return super().end_of_stream(stream_id)
+        payload = encode_eos(stream_id, self.sent.get(stream_id, 0), self.counts_of(stream_id),
+                             self.dropped_by_stream.get(stream_id, 0))
+        self.socket.setsockopt(zmq.XPUB_NODROP, 1)
+        try:
+            if self._send_waiting([stream_id.encode(), payload], self.options.eos_timeout_ms / 1000.0):
+                return
+        finally:
+            self.socket.setsockopt(zmq.XPUB_NODROP, 0)
+        # Still full: deliver it to the subscribers that have room; the full one misses it (counted).
+        self._try_send([stream_id.encode(), payload])
+        self.count(stream_id, "eos_drops")
+        log.error("zmq_pub: a subscriber had no room for the end-of-stream message of %r within %d ms; "
+                  "it was sent to the others (that subscriber cannot count its losses)", stream_id,
+                  self.options.eos_timeout_ms)
 
 
 class ZmqPushSink(_ZmqSink):
