@@ -29,7 +29,12 @@ class PipelineSettings(BaseModel):
     queue_size: int = Field(32, ge=1, le=10_000, description="capacity of each bounded queue (frames)")
     log_interval_s: float = Field(5.0, gt=0, description="seconds between metric log lines")
     metrics_port: int | None = Field(
-        None, ge=1, le=65535, description="serve Prometheus metrics on this HTTP port (off if unset)"
+        None, ge=1, le=65535, description="serve Prometheus /metrics and the /healthz, /ready probes on this "
+        "HTTP port (off if unset)"
+    )
+    metrics_host: str = Field(
+        "127.0.0.1", min_length=1, description="address the metrics server binds: 127.0.0.1 (this machine only), "
+        "0.0.0.0 or :: (every interface, e.g. for a Prometheus in another container)"
     )
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field("INFO", description="logging level")
 

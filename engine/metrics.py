@@ -3,21 +3,27 @@
 Every thread of the runtime records into one :class:`Metrics` object (a lock keeps it consistent).
 ``log_line()`` summarises the last interval; ``summary()`` the whole run. With a ``metrics_port`` the
 same numbers are exported through prometheus-client on a private registry (so several pipelines in
-one process do not collide).
+one process do not collide), by a small HTTP server on ``metrics_host`` that also answers the probes
+an orchestrator asks: ``/healthz`` (200 while the process serves at all: liveness) and ``/ready``
+(200 once the pipeline runs and a source is still producing, 503 with the reason otherwise:
+readiness). Any other path is a 404, so a typo in a scrape or probe config shows.
 """
 
 from __future__ import annotations
 
 import logging
+import socket
 import threading
 import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from collections import defaultdict, deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.exposition import choose_encoder
 
 log = logging.getLogger(__name__)
 
@@ -47,9 +53,54 @@ class StageStats:
     frame_latency_ms: deque = field(default_factory=lambda: deque(maxlen=LATENCY_KEEP))
 
 
+Readiness = Callable[[], tuple[bool, str]]  # (ready, why), asked on every /ready request
+
+
+class _Handler(BaseHTTPRequestHandler):
+    server: _MetricsServer
+
+    def do_GET(self) -> None:  # noqa: N802 (http.server's naming)
+        path = self.path.split("?", 1)[0]
+        if path == "/metrics":
+            encoder, content_type = choose_encoder(self.headers.get("Accept", ""))
+            self._reply(200, encoder(self.server.registry), content_type)
+        elif path == "/healthz":
+            self._reply(200, b"ok\n")
+        elif path == "/ready":
+            ready, why = self.server.readiness()
+            self._reply(200 if ready else 503, f"{'ready' if ready else 'not ready'}: {why}\n".encode())
+        else:
+            self._reply(404, b"not found: /metrics, /healthz and /ready are served\n")
+
+    def do_HEAD(self) -> None:  # noqa: N802
+        self.do_GET()
+
+    def _reply(self, code: int, body: bytes, content_type: str = "text/plain; charset=utf-8") -> None:
+        self.send_response(code)
+        self.send_header("Content-Type", content_type)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        if self.command != "HEAD":
+            self.wfile.write(body)
+
+    def log_message(self, format: str, *args: Any) -> None:  # scrapes every few seconds: not worth a log line
+        log.debug("metrics http: " + format, *args)
+
+
+class _MetricsServer(ThreadingHTTPServer):
+    daemon_threads = True
+
+    def __init__(self, host: str, port: int, registry: CollectorRegistry, readiness: Readiness):
+        self.address_family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        self.registry, self.readiness = registry, readiness
+        super().__init__((host, port), _Handler)
+
+
 class Metrics:
-    def __init__(self, pipeline: str = "pipeline", port: int | None = None):
+    def __init__(self, pipeline: str = "pipeline", port: int | None = None, host: str = "127.0.0.1",
+                 readiness: Readiness | None = None):
         self.pipeline = pipeline
+        self.readiness: Readiness = readiness or (lambda: (False, "no readiness check"))
         self._lock = threading.Lock()
         self.streams: dict[str, StreamStats] = defaultdict(StreamStats)
         self.stages: dict[str, StageStats] = {}
@@ -97,10 +148,12 @@ class Metrics:
             registry=self.registry,
             buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0),
         )
-        self._server = None
+        self._server: _MetricsServer | None = None
         if port is not None:
-            self._server, _ = start_http_server(port, addr="127.0.0.1", registry=self.registry)
-            log.info("Prometheus metrics on http://127.0.0.1:%d/metrics", port)
+            self._server = _MetricsServer(host, port, self.registry, lambda: self.readiness())
+            threading.Thread(target=self._server.serve_forever, name="metrics-http", daemon=True).start()
+            url = f"http://{f'[{host}]' if ':' in host else host}:{port}"
+            log.info("Prometheus metrics on %s/metrics, probes %s/healthz and %s/ready", url, url, url)
 
     # ------------------------------------------------------------ recording
 

@@ -168,6 +168,8 @@ class Pipeline:
         self.metrics: Metrics | None = None
         self._plugins: list[tuple[PluginSpec, Plugin]] = []
         self._threads: list[threading.Thread] = []
+        self._source_threads: list[threading.Thread] = []
+        self._running = False  # all threads spawned (for /ready)
         self._fatal: list[str] = []
         self._abandoned = False
 
@@ -362,9 +364,10 @@ class Pipeline:
                 old_handlers[sig] = signal.signal(sig, self._on_signal)
         try:
             try:
-                self.metrics = Metrics(settings.name, settings.metrics_port)
+                self.metrics = Metrics(settings.name, settings.metrics_port, settings.metrics_host, self.readiness)
             except OSError as exc:
-                raise PipelineStartError(f"pipeline.metrics_port {settings.metrics_port}: {exc}") from exc
+                raise PipelineStartError(f"pipeline.metrics_port {settings.metrics_port} on metrics_host "
+                                         f"{settings.metrics_host}: {exc}") from exc
             sources, stages, sinks = self._start_plugins()
             with logging_redirect_tqdm():
                 self._run_threads(sources, stages, sinks)
@@ -405,6 +408,7 @@ class Pipeline:
             inbox = outbox
         metrics.add_stage("sinks", inbox.depth)
         self._spawn("sinks", self._run_sinks, list(zip(cfg.sinks, sinks)), inbox)
+        self._running = True
         log.info(
             "pipeline %s running: %d source(s), stages [%s], sinks [%s]",
             cfg.pipeline.name,
@@ -433,7 +437,20 @@ class Pipeline:
     def _spawn(self, name: str, target: Any, *args: Any) -> None:
         thread = threading.Thread(target=target, args=args, name=name, daemon=True)
         self._threads.append(thread)
+        if target == self._run_source:
+            self._source_threads.append(thread)
         thread.start()
+
+    def readiness(self) -> tuple[bool, str]:
+        """(ready, why) for the ``/ready`` probe: the pipeline runs and at least one source still produces."""
+        if self.stop_event.is_set():
+            return False, "stopping"
+        if not self._running:
+            return False, "starting (loading models, opening inputs)"
+        running = sum(t.is_alive() for t in self._source_threads)
+        if not running:
+            return False, "every source has ended"
+        return True, f"{running} of {len(self._source_threads)} source(s) running"
 
 
 def run_pipeline(config: PipelineConfig, handle_signals: bool = True) -> dict[str, Any]:
