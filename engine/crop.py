@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
+import cv2
 import numpy as np
 
 # Detector box -> square: 3DDFA_V2 uses 1.58 and 0.14 for FaceBoxes; CenterFace boxes are slightly
@@ -93,46 +94,56 @@ def crop_to_image(M: np.ndarray, points) -> np.ndarray:
     return transform_points(np.linalg.inv(M), points)
 
 
-def warp_crop(image: np.ndarray, M: np.ndarray, size: int, fill: int = 0) -> np.ndarray:
+def box_factor(Minv: np.ndarray) -> int:
+    """Integer box-filter factor :func:`warp_crop` applies before sampling with crop->image ``Minv``:
+    ``step // 2`` for ``step`` image pixels per crop pixel, 1 (no filter) below 4x downscaling."""
+    step = float(np.sqrt(abs(Minv[0, 0] * Minv[1, 1] - Minv[0, 1] * Minv[1, 0])))
+    factor = int(step // 2)
+    return factor if factor >= 2 else 1
+
+
+def warp_crop(image: np.ndarray, M: np.ndarray, size: int, fill: int = 0, out: np.ndarray | None = None) -> np.ndarray:
     """Bilinear resample of an HxWx3 uint8 image into a ``size x size`` crop given image->crop ``M``.
 
-    Pure numpy (the engine has no OpenCV). Pixels outside the image get ``fill``. When the crop is
-    much smaller than the roi (downscaling by more than 2x) the image is first box-filtered so the
-    bilinear samples do not alias.
+    Pixels outside the image get ``fill``. When the crop is much smaller than the roi (downscaling by
+    more than 2x, :func:`box_factor`) the image is first box-filtered (edge-padded to a multiple of the
+    factor, block means kept in float) so the bilinear samples do not alias. OpenCV does the work
+    (INTER_AREA for the box filter, warpAffine for the bilinear taps; OpenCV >= 5 interpolates in
+    float, so it matches a float bilinear to the rounding of .5 values). ``out``: an optional
+    contiguous (size, size, 3) uint8 array to write into (no allocation per crop).
     """
     if image.ndim != 3 or image.dtype != np.uint8:
         raise ValueError(f"warp_crop expects an HxWxC uint8 image, got {image.shape} {image.dtype}")
     Minv = np.linalg.inv(M)
-    step = float(np.sqrt(abs(np.linalg.det(Minv[:2, :2]))))  # image pixels per crop pixel
+    factor = box_factor(Minv)
     src = image
-    factor = int(step // 2)
-    if factor >= 2:  # integer box-downscale, then adjust the mapping to the smaller image
+    if factor > 1:  # integer box-downscale, then adjust the mapping to the smaller image
         # pad (edge values) to a multiple of the factor rather than trim: trimming would put a
         # black border inside the image
         ph, pw = -image.shape[0] % factor, -image.shape[1] % factor
-        padded = np.pad(image, ((0, ph), (0, pw), (0, 0)), mode="edge")
-        h, w = padded.shape[:2]
-        src = padded.reshape(h // factor, factor, w // factor, factor, -1).mean(axis=(1, 3))
+        if ph or pw:
+            src = cv2.copyMakeBorder(image, 0, ph, 0, pw, cv2.BORDER_REPLICATE)
+        h, w = src.shape[:2]
+        # float: block means are not rounded before the bilinear taps (INTER_AREA at an integer
+        # factor is the exact block mean)
+        src = cv2.resize(src.astype(np.float32), (w // factor, h // factor), interpolation=cv2.INTER_AREA)
         down = np.array([[1 / factor, 0, 0.5 / factor - 0.5], [0, 1 / factor, 0.5 / factor - 0.5], [0, 0, 1]])
         Minv = down @ Minv
-    grid = np.arange(size, dtype=np.float64)
-    gx, gy = np.meshgrid(grid, grid)
-    xs = Minv[0, 0] * gx + Minv[0, 1] * gy + Minv[0, 2]
-    ys = Minv[1, 0] * gx + Minv[1, 1] * gy + Minv[1, 2]
-    H, W = src.shape[:2]
-    x0, y0 = np.floor(xs).astype(np.int64), np.floor(ys).astype(np.int64)
-    fx, fy = (xs - x0)[..., None], (ys - y0)[..., None]
-    srcf = src.astype(np.float32)
-
-    def tap(yy, xx):
-        inside = ((xx >= 0) & (xx < W) & (yy >= 0) & (yy < H))[..., None]
-        v = srcf[np.clip(yy, 0, H - 1), np.clip(xx, 0, W - 1)]
-        return np.where(inside, v, np.float32(fill))
-
-    out = (
-        tap(y0, x0) * (1 - fx) * (1 - fy)
-        + tap(y0, x0 + 1) * fx * (1 - fy)
-        + tap(y0 + 1, x0) * (1 - fx) * fy
-        + tap(y0 + 1, x0 + 1) * fx * fy
-    )
-    return np.clip(out + 0.5, 0, 255).astype(np.uint8)
+    channels = image.shape[2]
+    border = (float(fill),) * min(channels, 4)
+    flags = cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP
+    if src.dtype == np.uint8:
+        if out is None:
+            out = np.empty((size, size, channels), np.uint8)
+        cv2.warpAffine(src, Minv[:2], (size, size), dst=out, flags=flags, borderMode=cv2.BORDER_CONSTANT,
+                       borderValue=border)
+        return out
+    warped = cv2.warpAffine(src, Minv[:2], (size, size), flags=flags, borderMode=cv2.BORDER_CONSTANT, borderValue=border)
+    if warped.ndim == 2:  # OpenCV drops a single channel axis
+        warped = warped[..., None]
+    if out is None:
+        out = np.empty((size, size, channels), np.uint8)
+    np.add(warped, 0.5, out=warped)
+    np.clip(warped, 0, 255, out=warped)
+    out[...] = warped  # float -> uint8 truncates: + 0.5 above makes it round half up
+    return out

@@ -7,8 +7,18 @@ threaded, so the result is deterministic, and returns per-frame arrays. Two conf
 - ``every``: the detector on every frame (crops from the previous landmarks on detected frames);
 - ``tracked``: the detector on every 10th frame, crops from landmarks between (the tracking path).
 
-tests/test_golden.py compares a fresh run against tests/fixtures/golden_astronaut.npz (landmarks within
-0.05 px). When the default bundle changes, regenerate the fixture (one command, from the repo root)::
+The tracking loop (crop from the previous landmarks, smoothing) amplifies sub-pixel differences: the same
+code with every crop moved by 0.001 px ends up to 1-5 px away after 200 frames (weakly trained model, so
+crops a hair apart give landmarks a bit apart, and the next crop follows them). So the fixture also keeps
+every face's crop matrix, and tests/test_golden.py checks two things:
+
+- replay: the stages crop exactly where the golden run cropped (``replay=``), everything else is the
+  code under test (crop pixels, preprocessing, model call, un-crop, pose, tracking, smoothing): landmarks
+  within 0.05 px of the fixture;
+- closed loop: the stages choose their crops themselves: same detections, track ids and faces, and
+  landmarks as close as that chaos allows (bounds in the test).
+
+When the default bundle changes, regenerate the fixture (one command, from the repo root)::
 
     nice -n 19 .venv/bin/python tests/golden.py
 """
@@ -25,6 +35,7 @@ REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
+import plugins.landmarks.stage as stage_module  # noqa: E402
 from engine import redetect  # noqa: E402
 from engine.assets import sample_clip  # noqa: E402
 from plugins.detectors.centerface import CenterFaceDetector  # noqa: E402
@@ -36,9 +47,28 @@ CONFIGS = {"every": 1, "tracked": 10}  # name -> centerface.detect_every
 BATCH = 8  # frames per stage call (the landmark stage's frame_batch)
 
 
-def run_golden(config: str, max_frames: int | None = None) -> dict[str, np.ndarray]:
+def run_golden(config: str, max_frames: int | None = None, replay: np.ndarray | None = None) -> dict[str, np.ndarray]:
     """Per frame (NaN where no face): landmarks_2d (F, 68, 2), landmarks_3d (F, 68, 3), euler, translation,
-    mean confidence, track id; plus ``detected`` (F,) bool."""
+    mean confidence, track id; plus ``detected`` (F,) bool and ``crop_matrices`` (every face's image -> crop
+    affine, in processing order). ``replay``: crop matrices to use instead of the stage's own, in order."""
+    matrices: list[np.ndarray] = []
+    own = stage_module.crop_matrix
+
+    def crop_matrix(roi, size: int) -> np.ndarray:
+        M = own(roi, size) if replay is None else np.array(replay[len(matrices)], np.float64)
+        matrices.append(M)
+        return M
+
+    stage_module.crop_matrix = crop_matrix  # the stage makes every crop through this module global
+    try:
+        out = _run(config, max_frames)
+    finally:
+        stage_module.crop_matrix = own
+    out["crop_matrices"] = np.array(matrices, np.float64).reshape(-1, 3, 3)
+    return out
+
+
+def _run(config: str, max_frames: int | None) -> dict[str, np.ndarray]:
     source = FileSource(FileSource.Options(path=str(sample_clip()), max_frames=max_frames), "golden")
     frames = list(source.frames(threading.Event()))
     detector = CenterFaceDetector(CenterFaceDetector.Options(input_size=320, detect_every=CONFIGS[config]))

@@ -86,11 +86,15 @@ def test_uncrop_is_the_exact_inverse_of_crop():
 def test_face_crop_equals_warp_crop_of_the_whole_frame():
     rng = np.random.default_rng(2)
     image = rng.integers(0, 256, (480, 640, 3), dtype=np.uint8)
+    differ = total = 0
     for _ in range(60):  # inside, across the border, outside, up- and downscaled (box filter)
         x0, y0 = rng.uniform(-200, 700, 2)
         side, size = rng.uniform(5, 500), int(rng.choice([32, 128]))
         M = crop_matrix([x0, y0, x0 + side, y0 + side], size)
-        np.testing.assert_array_equal(crop_face(image, M, size), warp_crop(image, M, size))
+        diff = np.abs(crop_face(image, M, size).astype(int) - warp_crop(image, M, size))
+        assert diff.max() <= 1
+        differ, total = differ + np.count_nonzero(diff), total + diff.size
+    assert differ <= 1e-5 * total  # the same taps; OpenCV's float32 coordinates may round a .5 the other way
 
 
 def test_pose_conversion_exact_at_centre_and_close_off_centre():
@@ -147,7 +151,7 @@ def test_pipeline_on_sample_clip_fills_every_field(bundle, tmp_path):
     K = image_intrinsics(640, 480)
     ids = set()
     for m in frames:
-        assert isinstance(m, FrameMessage) and m.version == SCHEMA_VERSION == (1, 1)
+        assert isinstance(m, FrameMessage) and m.version == SCHEMA_VERSION
         assert len(m.faces) >= 1
         for face in m.faces:
             check_face(face, m.width, m.height, K)
@@ -172,7 +176,7 @@ def test_detect_every_tracks_between_detections_in_waves(bundle, detected_frames
     stage = make_stage(bundle, max_batch=8, max_wait_ms=1000)  # flush, not the deadline, ends a wave
     for i in range(0, len(frames), 8):
         stage.process(frames[i : i + 8])
-    assert max(stage.batcher.batch_sizes) >= 2  # faces of both streams in one call
+    assert max(stage.batch_sizes) >= 2  # faces of both streams in one call
     stage.close()
     for sid in ("a", "b"):
         seq = [f for f in frames if f.stream_id == sid]
@@ -222,8 +226,22 @@ def test_messages_round_trip_every_landmark_field(bundle, detected_frames):
     stage.process([frame])
     stage.close()
     for msg in (decode(encode(frame)), decode_obj(to_json_obj(frame), arrays_as_lists=True)):
-        assert msg.version == (1, 1) and len(msg.faces) == len(frame.faces) >= 1
+        assert msg.version == SCHEMA_VERSION and len(msg.faces) == len(frame.faces) >= 1
         for got, face in zip(msg.faces, frame.faces):
             assert got.track_id == face.track_id == 1 and got.score == pytest.approx(face.score)
             for name in ("box", "keypoints", *FIELDS):
                 np.testing.assert_array_equal(getattr(got, name), getattr(face, name), err_msg=name)
+
+
+def test_pose_conversion_vectorised_equals_one_by_one():
+    rng = np.random.default_rng(6)
+    K0 = np.array([[345.6, 0, 63.5], [0, 345.6, 63.5], [0, 0, 1.0]])
+    R = np.stack([rotation_from_euler(*rng.uniform(-40, 40, 3)) for _ in range(5)])
+    t = np.column_stack([rng.normal(0, 2, (5, 2)), rng.uniform(40, 90, 5)])
+    M = np.stack([crop_matrix([x, y, x + s, y + s], 128) for x, y, s in rng.uniform([-50, -50, 40], [900, 500, 400], (5, 3))])
+    K = np.stack([image_intrinsics(1280, 720), image_intrinsics(640, 480, 500.0)] * 2 + [image_intrinsics(64, 64)])
+    R_all, t_all = pose_to_image(R, t, M, K0, K)
+    for i in range(5):
+        R_i, t_i = pose_to_image(R[i], t[i], M[i], K0, K[i])
+        np.testing.assert_allclose(R_all[i], R_i, atol=1e-12)
+        np.testing.assert_allclose(t_all[i], t_i, atol=1e-9)

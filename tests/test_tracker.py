@@ -137,3 +137,13 @@ def test_stage_ids_are_per_stream():
     last.meta["end_of_stream"] = True
     stage.process([last])
     assert "a" not in stage.trackers and "b" in stage.trackers
+
+
+def test_similarity_matrix_equals_pairwise():
+    from plugins.trackers.iou_tracker import landmark_similarity_matrix
+
+    rng = np.random.default_rng(4)
+    a = rng.uniform(0, 100, (3, 68, 2)) + rng.uniform(0, 300, (3, 1, 2))
+    b = np.concatenate([a[:2] + rng.normal(0, 2, (2, 68, 2)), rng.uniform(0, 400, (2, 68, 2))])
+    want = np.array([[landmark_similarity(x, y) for y in b] for x in a])
+    np.testing.assert_allclose(landmark_similarity_matrix(a, b), want, atol=1e-12)

@@ -122,12 +122,11 @@ class CenterFace:
         self.input_size = input_size
         self.score_threshold = score_threshold
         self.nms_threshold = nms_threshold
-        opts = ort.SessionOptions()
-        opts.log_severity_level = 3
-        if intra_op_threads:
-            opts.intra_op_num_threads = intra_op_threads
+        from plugins.landmarks.backends.onnxruntime_backend import session_options
+
         self.session = ort.InferenceSession(
-            load_dynamic_model(weights_path()), opts, providers=list(providers or ["CPUExecutionProvider"])
+            load_dynamic_model(weights_path()), session_options(intra_op_threads),
+            providers=list(providers or ["CPUExecutionProvider"]),
         )
         self.input_name = self.session.get_inputs()[0].name
 

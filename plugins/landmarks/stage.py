@@ -1,8 +1,9 @@
 """``landmarks`` stage: 68 3D landmarks, head pose, confidence and occlusion for every face.
 
 Per face: a square crop (engine.crop: from the detector box, or from the same track's previous
-landmarks), ``Bundle.preprocess``, batched inference through :class:`engine.batcher.FaceBatcher` on
-one backend (plugins/landmarks/backends), then back to the full image:
+landmarks; OpenCV, into a reused buffer), ``Bundle.preprocess`` (fused, into a reused buffer), one
+backend call per wave of frames (plugins/landmarks/backends; chunked by ``max_batch``), then back to
+the full image, vectorised over the wave's faces (:func:`fill_faces`):
 
 - ``landmarks_2d``: the model's 2.5D landmarks (crop pixels, K0 projection of its 3D output) mapped
   through the inverse crop affine: exact, no camera assumption.
@@ -35,9 +36,8 @@ from __future__ import annotations
 
 import logging
 import time
-from collections import defaultdict
+from collections import defaultdict, deque
 from dataclasses import dataclass, field
-from concurrent.futures import Future
 from pathlib import Path
 from typing import Literal
 
@@ -46,11 +46,10 @@ from pydantic import Field
 
 from engine import redetect
 from engine.assets import default_bundle
-from engine.batcher import FaceBatcher
 from engine.bundle import Bundle, load_bundle
-from engine.crop import crop_matrix, crop_to_image, roi_from_box, roi_from_landmarks, transform_points, warp_crop
+from engine.crop import box_factor, crop_matrix, crop_to_image, roi_from_box, roi_from_landmarks, transform_points, warp_crop
 from engine.frame import Face, Frame
-from engine.geometry import euler_from_rotation, visibility_mask
+from engine.geometry import euler_from_rotation, visibility_mask, visibility_thresholds
 from engine.plugin import PluginOptions, Stage, path_option
 from plugins.landmarks.backends import create_backend
 from plugins.trackers.iou_tracker import IoUTracker, Track, box_iou
@@ -62,6 +61,7 @@ log = logging.getLogger(__name__)
 _EYE_R, _EYE_L, _NOSE, _MOUTH_R, _MOUTH_L = slice(36, 42), slice(42, 48), 30, 48, 54
 RECENT_TRACK_FRAMES = 2  # a track's landmarks older than this are not used to crop a detected face
 MIN_ROI_PX, MIN_ROI_OF_BOX = 8.0, 0.5  # landmark rois smaller than this are degenerate (use the box)
+_VISIBLE_THRESHOLDS = visibility_thresholds()
 
 
 class BundleMissingError(FileNotFoundError):
@@ -86,48 +86,62 @@ def image_intrinsics(width: int, height: int, focal_px: float | None = None) -> 
     return np.array([[f, 0.0, (width - 1) / 2.0], [0.0, f, (height - 1) / 2.0], [0.0, 0.0, 1.0]])
 
 
-def _rotation_between(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """Smallest rotation taking unit vector ``a`` to unit vector ``b`` (Rodrigues)."""
-    v = np.cross(a, b)
-    c = float(np.dot(a, b))
-    if np.linalg.norm(v) < 1e-12:
-        return np.eye(3)
-    vx = np.array([[0, -v[2], v[1]], [v[2], 0, -v[0]], [-v[1], v[0], 0]])
-    return np.eye(3) + vx + vx @ vx / (1.0 + c)
+def _rotation_from_z(b: np.ndarray) -> np.ndarray:
+    """Smallest rotations taking +z to the unit vectors ``b`` (..., 3), (..., 3, 3): Rodrigues with
+    v = z x b = (-b1, b0, 0), written out (I + [v]x + [v]x^2 / (1 + c), c = b2)."""
+    b0, b1, c = b[..., 0], b[..., 1], b[..., 2]
+    parallel = b0 * b0 + b1 * b1 < 1e-24  # |v| < 1e-12: the identity (as for b = +z)
+    k = 1.0 / np.where(parallel, 1.0, 1.0 + c)
+    R = np.zeros(b.shape[:-1] + (3, 3))
+    R[..., 0, 0] = 1.0 - b0 * b0 * k
+    R[..., 0, 1] = R[..., 1, 0] = -b0 * b1 * k
+    R[..., 1, 1] = 1.0 - b1 * b1 * k
+    R[..., 0, 2], R[..., 1, 2] = b0, b1
+    R[..., 2, 0], R[..., 2, 1] = -b0, -b1
+    R[..., 2, 2] = 1.0 - (b0 * b0 + b1 * b1) * k
+    return np.where(parallel[..., None, None], np.eye(3), R)
 
 
 def pose_to_image(R_crop: np.ndarray, t_crop: np.ndarray, M: np.ndarray, K0: np.ndarray, K: np.ndarray
                   ) -> tuple[np.ndarray, np.ndarray]:
     """Pose in the nominal crop camera K0 -> pose in the image camera K (see the module docstring).
 
-    ``M``: image -> crop affine of this face. Returns (R, t) with ``X_cam = R @ X_head + t``.
+    ``M``: image -> crop affine of this face. Returns (R, t) with ``X_cam = R @ X_head + t``. Vectorised:
+    ``R_crop`` (..., 3, 3), ``t_crop`` (..., 3), ``M`` and ``K`` (..., 3, 3) (``K`` may be one (3, 3)).
     """
-    Minv = np.linalg.inv(M)
-    px_per_crop_px = float(np.sqrt(abs(np.linalg.det(Minv[:2, :2]))))
+    return _pose_to_image(R_crop, t_crop, np.linalg.inv(M), K0, np.linalg.inv(K), K[..., 0, 0])
+
+
+def _pose_to_image(R_crop: np.ndarray, t_crop: np.ndarray, Minv: np.ndarray, K0: np.ndarray, Kinv: np.ndarray,
+                   focal: np.ndarray | float) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`pose_to_image` given the inverses (crop -> image ``Minv``, ``Kinv``) and K's focal."""
+    A = Minv[..., :2, :2]
+    px_per_crop_px = np.sqrt(np.abs(A[..., 0, 0] * A[..., 1, 1] - A[..., 0, 1] * A[..., 1, 0]))
     f_crop = K0[0, 0] * px_per_crop_px  # the crop camera's focal, in image pixels
-    Kinv = np.linalg.inv(K)
     centre = Minv @ np.array([K0[0, 2], K0[1, 2], 1.0])  # crop principal point in the image
-    ray = Kinv @ centre
-    R_ray = _rotation_between(np.array([0.0, 0.0, 1.0]), ray / np.linalg.norm(ray))
+    ray = (Kinv @ centre[..., None])[..., 0]
+    R_ray = _rotation_from_z(ray / np.linalg.norm(ray, axis=-1, keepdims=True))
     # virtual camera (focal K's, axis through the crop centre): lateral cm kept, depth rescaled
-    t_virtual = np.array([t_crop[0], t_crop[1], t_crop[2] * K[0, 0] / f_crop])
-    origin_crop = K0 @ t_crop
-    origin_img = Minv @ np.array([origin_crop[0] / origin_crop[2], origin_crop[1] / origin_crop[2], 1.0])
-    direction = Kinv @ origin_img
-    t = np.linalg.norm(t_virtual) * direction / np.linalg.norm(direction)  # origin exactly on its ray
-    return R_ray @ R_crop, t
+    t_virtual = t_crop.copy()
+    t_virtual[..., 2] *= focal / f_crop
+    origin = t_crop @ K0.T
+    origin /= origin[..., 2:]  # the head origin in crop pixels (homogeneous)
+    direction = (Kinv @ (Minv @ origin[..., None]))[..., 0]
+    scale = np.linalg.norm(t_virtual, axis=-1, keepdims=True) / np.linalg.norm(direction, axis=-1, keepdims=True)
+    return R_ray @ R_crop, scale * direction  # origin exactly on its ray
 
 
-def crop_face(image: np.ndarray, M: np.ndarray, size: int) -> np.ndarray:
-    """:func:`engine.crop.warp_crop` of one face, computed on the image region the crop reads.
+def crop_face(image: np.ndarray, M: np.ndarray, size: int, out: np.ndarray | None = None) -> np.ndarray:
+    """:func:`engine.crop.warp_crop` of one face, at a cost proportional to the face, not the frame.
 
-    warp_crop box-filters the whole image it gets when downscaling; slicing the region first (its start
-    aligned to the filter's block grid, so the blocks are the same) gives the identical crop at a
-    cost proportional to the face, not the frame.
+    The bilinear warp only reads the pixels it needs. When downscaling, warp_crop box-filters the whole
+    image it gets; slicing the region first (its start aligned to the filter's block grid, so the
+    blocks are the same) gives the identical crop. ``out``: optional (size, size, 3) uint8 to fill.
     """
     Minv = np.linalg.inv(M)
-    step = float(np.sqrt(abs(np.linalg.det(Minv[:2, :2]))))
-    block = int(step // 2) if int(step // 2) >= 2 else 1  # warp_crop's box-filter factor
+    block = box_factor(Minv)
+    if block == 1:
+        return warp_crop(image, M, size, out=out)
     corners = np.array([[-0.5, -0.5], [size - 0.5, -0.5], [-0.5, size - 0.5], [size - 0.5, size - 0.5]])
     pts = transform_points(Minv, corners)
     margin = 2 * block + 2  # bilinear taps of the (downscaled) source
@@ -136,10 +150,13 @@ def crop_face(image: np.ndarray, M: np.ndarray, size: int) -> np.ndarray:
     y0 = max(int(np.floor(pts[:, 1].min())) - margin, 0) // block * block
     x1 = min(-(-(int(np.ceil(pts[:, 0].max())) + margin) // block) * block, W)
     y1 = min(-(-(int(np.ceil(pts[:, 1].max())) + margin) // block) * block, H)
-    if x1 <= x0 or y1 <= y0:  # the crop is entirely outside the image
-        return np.zeros((size, size, image.shape[2]), np.uint8)  # warp_crop's fill
+    if x1 <= x0 or y1 <= y0:  # the crop is entirely outside the image: warp_crop's fill
+        if out is None:
+            return np.zeros((size, size, image.shape[2]), np.uint8)
+        out.fill(0)
+        return out
     shifted = M @ np.array([[1.0, 0.0, x0], [0.0, 1.0, y0], [0.0, 0.0, 1.0]])
-    return warp_crop(image[y0:y1, x0:x1], shifted, size)
+    return warp_crop(image[y0:y1, x0:x1], shifted, size, out=out)
 
 
 def keypoints_from_landmarks(lm: np.ndarray) -> np.ndarray:
@@ -174,7 +191,6 @@ class _Job:
     face: Face
     M: np.ndarray
     track_id: int | None = None  # set for faces made from tracks (undetected frames)
-    future: Future | None = None
 
 
 class LandmarkStage(Stage):
@@ -215,9 +231,10 @@ class LandmarkStage(Stage):
         self.max_wait_ms = options.max_wait_ms
         self.bundle: Bundle | None = None
         self.backend = None
-        self.batcher: FaceBatcher | None = None
         self.streams: dict[str, _StreamState] = {}
         self._device_crop = False
+        self._buffers: dict[str, np.ndarray] = {}  # reused crop / model-input arrays, grown on demand
+        self.batch_sizes: deque[int] = deque(maxlen=1000)  # faces per backend call (recent), for tests
 
     # ------------------------------------------------------------ lifecycle
 
@@ -230,32 +247,27 @@ class LandmarkStage(Stage):
         self.backend = create_backend(self.bundle, o.backend, o.device, o.precision, o.max_batch,
                                       o.intra_op_threads, o.engine_dir, o.cuda_graphs)
         self._device_crop = bool(o.gpu_crop and self.backend.device == "cuda" and hasattr(self.backend, "infer_crops"))
-        run = self._run_device_crops if self._device_crop else self._run_crops
-        self.batcher = FaceBatcher(run, o.max_batch, o.max_wait_ms, name="landmarks-batcher")
+        # the bundle's properties build arrays on each access: keep them
+        spec = self.bundle.manifest.input
+        std = np.asarray(spec.std, np.float32)
+        self._scale = (np.float32(spec.scale) / std).reshape(1, 3, 1, 1)  # x * scale - mean, / std in one step
+        self._shift = (-np.asarray(spec.mean, np.float32) / std).reshape(1, 3, 1, 1)
+        self._K0, self._normals = self.bundle.K0, self.bundle.normals
         log.info("landmarks: bundle %s on %s/%s (%s), max_batch %d", path, self.backend.name, self.backend.device,
                  self.backend.precision, o.max_batch)
 
     def close(self) -> None:
-        if self.batcher is not None:
-            self.batcher.close()
-            self.batcher = None
         if self.backend is not None:
             self.backend.close()
             self.backend = None
+        self._buffers.clear()
 
-    def _run_crops(self, items: list[np.ndarray]) -> dict[str, np.ndarray]:
-        return self.backend.infer(np.stack(items))
-
-    def _run_device_crops(self, items: list[tuple[np.ndarray, np.ndarray]]) -> dict[str, np.ndarray]:
-        images: list[np.ndarray] = []
-        index: dict[int, int] = {}
-        faces = []
-        for image, M in items:
-            k = index.setdefault(id(image), len(images))
-            if k == len(images):
-                images.append(image)
-            faces.append((k, M))
-        return self.backend.infer_crops(images, faces)
+    def _buffer(self, name: str, n: int, shape: tuple[int, ...], dtype: type) -> np.ndarray:
+        """First ``n`` rows of a reused (capacity, *shape) array (no allocation per frame)."""
+        buf = self._buffers.get(name)
+        if buf is None or len(buf) < n:
+            buf = self._buffers[name] = np.empty((max(n, 1), *shape), dtype)
+        return buf[:n]
 
     # ------------------------------------------------------------ processing
 
@@ -276,7 +288,7 @@ class LandmarkStage(Stage):
         return o.tracking and (o.crop_from != "box" or any(not f.meta.get("detected", True) for f in frames))
 
     def process(self, frames: list[Frame]) -> list[Frame]:
-        if self.batcher is None:
+        if self.backend is None:
             self.start()
         if self._dependent(frames):
             waves: dict[int, list[Frame]] = defaultdict(list)
@@ -288,33 +300,34 @@ class LandmarkStage(Stage):
         else:
             groups = [frames]
         for wave in groups:
-            jobs = [self._submit(frame) for frame in wave]
-            self.batcher.flush()
+            jobs = [self._plan(frame) for frame in wave]
+            self._infer(wave, jobs)
             for frame, frame_jobs in zip(wave, jobs):
                 self._finish(frame, frame_jobs)
         return frames
 
-    def _crop_roi(self, st: _StreamState, frame: Frame, face: Face) -> np.ndarray:
+    def _plan(self, frame: Frame) -> list[_Job]:
+        """This frame's jobs: one per face, with the image -> crop affine of its crop."""
         o = self.options
-        if o.tracking and o.crop_from != "box":
-            tracks = [t for t in st.tracker.predict(frame.index)
-                      if t.landmarks is not None and t.age <= RECENT_TRACK_FRAMES]
-            if tracks:
-                iou = box_iou(np.stack([t.predicted_box for t in tracks]), face.box[None])[:, 0]
-                best = int(np.argmax(iou))
-                if iou[best] >= o.iou_threshold:
-                    return roi_from_track(tracks[best])
-        return roi_from_box(face.box)
-
-    def _submit(self, frame: Frame) -> list[_Job]:
-        """Make this frame's jobs (one per face) and queue their crops in the batcher."""
-        st = self.state(frame.stream_id) if self.options.tracking else None
+        size = self.bundle.input_size
+        st = self.state(frame.stream_id) if o.tracking else None
         jobs: list[_Job] = []
         if frame.meta.get("detected", True):
-            for face in frame.faces:
-                roi = self._crop_roi(st, frame, face) if st else roi_from_box(face.box)
-                jobs.append(_Job(face, crop_matrix(roi, self.bundle.input_size)))
-        elif st is not None:
+            if not frame.faces:
+                return jobs
+            boxes = np.stack([face.box for face in frame.faces]).astype(np.float64)
+            rois = roi_from_box(boxes)
+            if st is not None and o.crop_from != "box":
+                # a detected face crops from the landmarks of the recent track it overlaps most
+                tracks = [t for t in st.tracker.predict(frame.index)
+                          if t.landmarks is not None and t.age <= RECENT_TRACK_FRAMES]
+                if tracks:
+                    iou = box_iou(np.stack([t.predicted_box for t in tracks]), boxes)
+                    best = np.argmax(iou, axis=0)
+                    for j in np.flatnonzero(iou[best, np.arange(len(boxes))] >= o.iou_threshold):
+                        rois[j] = roi_from_track(tracks[best[j]])
+            return [_Job(face, crop_matrix(roi, size)) for face, roi in zip(frame.faces, rois)]
+        if st is not None:
             gap = frame.index - st.last_index if st.last_index is not None else 1
             for t in st.tracker.predict(frame.index):
                 # only faces seen on the stream's previous frame: a track the last detection did not
@@ -324,28 +337,47 @@ class LandmarkStage(Stage):
                 shift = (t.predicted_box[:2] + t.predicted_box[2:] - t.box[:2] - t.box[2:]) / 2
                 face = Face(box=t.predicted_box, score=st.scores.get(t.track_id, 0.0),
                             keypoints=keypoints_from_landmarks(t.landmarks + shift), track_id=t.track_id)
-                roi = roi_from_track(t)
-                jobs.append(_Job(face, crop_matrix(roi, self.bundle.input_size), track_id=t.track_id))
+                jobs.append(_Job(face, crop_matrix(roi_from_track(t), size), track_id=t.track_id))
             if not jobs:
                 redetect.request(frame.stream_id)
-        size = self.bundle.input_size
-        for job in jobs:
-            if self._device_crop:
-                job.future = self.batcher.submit((frame.image, job.M))
-            else:
-                crop = crop_face(frame.image, job.M, size)
-                job.future = self.batcher.submit(self.bundle.preprocess(crop[None])[0])
         return jobs
 
+    def _infer(self, wave: list[Frame], jobs: list[list[_Job]]) -> None:
+        """Crop every face of the wave, run the backend once (chunked by max_batch), fill the faces."""
+        Ks = []
+        for frame, frame_jobs in zip(wave, jobs):
+            K = frame.meta["camera_matrix"] = image_intrinsics(*frame.size, self.options.focal_px)
+            Ks += [K] * len(frame_jobs)
+        flat = [(frame, job) for frame, frame_jobs in zip(wave, jobs) for job in frame_jobs]
+        if not flat:
+            return
+        Ms = np.stack([job.M for _, job in flat])
+        self.batch_sizes.append(len(flat))
+        if self._device_crop:  # only the frames cross to the GPU; crops are made there
+            images: list[np.ndarray] = []
+            index: dict[int, int] = {}
+            for frame, _ in flat:
+                if index.setdefault(id(frame.image), len(images)) == len(images):
+                    images.append(frame.image)
+            out = self.backend.infer_crops(images, [(index[id(f.image)], M) for (f, _), M in zip(flat, Ms)])
+        else:
+            S, n = self.bundle.input_size, len(flat)
+            crops = self._buffer("crops", n, (S, S, 3), np.uint8)
+            for k, (frame, job) in enumerate(flat):
+                crop_face(frame.image, job.M, S, out=crops[k])
+            # Bundle.preprocess, fused: (crop * scale - mean) / std = crop * (scale / std) - mean / std
+            x = self._buffer("input", n, (3, S, S), np.float32)
+            np.multiply(crops.transpose(0, 3, 1, 2), self._scale, out=x)
+            x += self._shift
+            out = self.backend.infer(x)
+        fill_faces([job.face for _, job in flat], out, Ms, self._K0, np.stack(Ks), self._normals)
+
     def _finish(self, frame: Frame, jobs: list[_Job]) -> None:
-        K = image_intrinsics(*frame.size, self.options.focal_px)
-        frame.meta["camera_matrix"] = K
-        for job in jobs:
-            fill_face(job.face, job.future.result(), job.M, self.bundle, K)
-        detected = frame.meta.get("detected", True)
-        if self.options.tracking:
+        """Tracking and smoothing of one frame whose faces are filled."""
+        o = self.options
+        if o.tracking:
             st = self.state(frame.stream_id)
-            if detected:
+            if frame.meta.get("detected", True):
                 faces = [j.face for j in jobs]
                 ids = st.tracker.update(np.array([f.box for f in faces], np.float32).reshape(-1, 4),
                                         np.array([f.score for f in faces], np.float32), frame.index,
@@ -353,48 +385,66 @@ class LandmarkStage(Stage):
                 for face, tid in zip(faces, ids):
                     face.track_id = int(tid)
                     st.scores[int(tid)] = float(face.score)
+                live = st.tracker.predict(frame.index)
             else:
                 kept = []
                 for job in jobs:
-                    if float(np.mean(job.face.confidence)) < self.options.lost_confidence:
+                    if float(np.mean(job.face.confidence)) < o.lost_confidence:
                         st.tracker.mark_lost(job.track_id)
                         redetect.request(frame.stream_id)
                     else:
                         st.tracker.refresh(job.track_id, frame.index, job.face.landmarks_2d)
                         kept.append(job.face)
-                boxes = {t.track_id: t.box for t in st.tracker.predict(frame.index)}
+                live = st.tracker.predict(frame.index)
+                boxes = {t.track_id: t.box for t in live}
                 for face in kept:
                     face.box = boxes.get(face.track_id, face.box)
                     face.keypoints = keypoints_from_landmarks(face.landmarks_2d)
                 frame.faces = kept
                 if not kept:
                     redetect.request(frame.stream_id)
+            live_ids = {t.track_id for t in live}
             if st.smoother is not None:
-                t = frame_timestamp(frame)
-                for face in frame.faces:
-                    st.smoother.apply(face, t)
+                st.smoother.apply_all(frame.faces, frame_timestamp(frame))
+                if frame.faces:
                     # keep landmarks_3d = R @ L + t: the canonical shape follows the smoothed 3D points
-                    face.landmarks_canonical = ((face.landmarks_3d - face.translation) @ face.rotation).astype(np.float32)
-                    face.visibility = visibility_mask(face.rotation, self.bundle.normals)
-                st.smoother.retain(t.track_id for t in st.tracker.predict(frame.index))
-            live = {t.track_id for t in st.tracker.predict(frame.index)}
-            st.scores = {k: v for k, v in st.scores.items() if k in live}
+                    R = np.stack([f.rotation for f in frame.faces])
+                    t = np.stack([f.translation for f in frame.faces])
+                    canonical = ((np.stack([f.landmarks_3d for f in frame.faces]) - t[:, None]) @ R).astype(np.float32)
+                    visibility = visibility_mask(R, self._normals, _VISIBLE_THRESHOLDS)
+                    for i, face in enumerate(frame.faces):
+                        face.landmarks_canonical, face.visibility = canonical[i], visibility[i]
+                st.smoother.retain(live_ids)
+            st.scores = {k: v for k, v in st.scores.items() if k in live_ids}
             st.last_index = frame.index
             if frame.meta.get("end_of_stream"):
                 self.streams.pop(frame.stream_id, None)  # long runs over many files keep no stale state
         frame.meta["landmarks_time"] = time.time()
 
 
+def fill_faces(faces: list[Face], out: dict[str, np.ndarray], M: np.ndarray, K0: np.ndarray, K: np.ndarray,
+               normals: np.ndarray) -> list[Face]:
+    """Write the model outputs (crop camera; row i for ``faces[i]``) into the faces, in image coordinates
+    (camera ``K``), vectorised over the faces. ``M``, ``K``: (N, 3, 3) image -> crop affines and cameras."""
+    Minv = np.linalg.inv(M)
+    R, t = _pose_to_image(out["rotation"].astype(np.float64), out["translation"].astype(np.float64), Minv, K0,
+                          np.linalg.inv(K), K[:, 0, 0])
+    canonical = out["landmarks_3d"].astype(np.float64)
+    lm2 = (out["landmarks_2d"] @ np.swapaxes(Minv[:, :2, :2], 1, 2) + Minv[:, None, :2, 2]).astype(np.float32)
+    lm3 = (canonical @ np.swapaxes(R, 1, 2) + t[:, None]).astype(np.float32)
+    canonical32, R32, t32 = out["landmarks_3d"].astype(np.float32), R.astype(np.float32), t.astype(np.float32)
+    euler = euler_from_rotation(R).astype(np.float32)
+    confidence = np.clip(out["confidence"], 0.0, 1.0).astype(np.float32)
+    visibility = visibility_mask(R32, normals, _VISIBLE_THRESHOLDS)
+    for i, face in enumerate(faces):
+        face.landmarks_2d, face.landmarks_canonical, face.landmarks_3d = lm2[i], canonical32[i], lm3[i]
+        face.rotation, face.translation, face.euler = R32[i], t32[i], euler[i]
+        face.confidence, face.visibility = confidence[i], visibility[i]
+    return faces
+
+
 def fill_face(face: Face, out: dict[str, np.ndarray], M: np.ndarray, bundle: Bundle, K: np.ndarray) -> Face:
     """Write one face's model outputs (crop camera) into ``face`` in image coordinates (camera ``K``)."""
-    R, t = pose_to_image(out["rotation"].astype(np.float64), out["translation"].astype(np.float64), M, bundle.K0, K)
-    canonical = out["landmarks_3d"].astype(np.float64)
-    face.landmarks_2d = crop_to_image(M, out["landmarks_2d"]).astype(np.float32)
-    face.landmarks_canonical = canonical.astype(np.float32)
-    face.rotation = R.astype(np.float32)
-    face.translation = t.astype(np.float32)
-    face.landmarks_3d = (canonical @ R.T + t).astype(np.float32)
-    face.euler = euler_from_rotation(R).astype(np.float32)
-    face.confidence = np.clip(out["confidence"], 0.0, 1.0).astype(np.float32)
-    face.visibility = visibility_mask(face.rotation, bundle.normals)
+    rows = {name: np.asarray(value)[None] for name, value in out.items()}
+    fill_faces([face], rows, np.asarray(M, np.float64)[None], bundle.K0, np.asarray(K, np.float64)[None], bundle.normals)
     return face

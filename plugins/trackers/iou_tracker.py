@@ -97,6 +97,18 @@ def landmark_similarity(a: np.ndarray, b: np.ndarray) -> float:
     return iou * max(0.0, 1.0 - dist)
 
 
+def landmark_similarity_matrix(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """:func:`landmark_similarity` of every pair: (N, K, 2) x (M, K, 2) -> (N, M), vectorised."""
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    box_a, box_b = landmark_box(a), landmark_box(b)
+    iou = box_iou(box_a, box_b)
+    side_a = np.max(box_a[:, 2:] - box_a[:, :2], axis=-1)
+    side_b = np.max(box_b[:, 2:] - box_b[:, :2], axis=-1)
+    size = np.maximum(np.maximum(side_a[:, None], side_b[None, :]), 1e-6)
+    dist = np.linalg.norm(a[:, None] - b[None, :], axis=-1).mean(axis=-1) / size
+    return iou * np.maximum(0.0, 1.0 - dist)
+
+
 class IoUTracker:
     """Assigns stable track ids to the faces of ONE stream (see the module docstring).
 
@@ -223,13 +235,14 @@ class IoUTracker:
         predicted = np.stack([s.box_at(frame_index) for s in states])
         sim = box_iou(predicted, boxes)
         if self.use_landmarks and landmarks is not None:
-            for r, s in enumerate(states):
-                track_lm = s.landmarks_at(frame_index)
-                if track_lm is None or track_lm.shape != landmarks.shape[1:]:
-                    continue
-                for c in range(len(boxes)):
-                    if np.isfinite(landmarks[c]).all():
-                        sim[r, c] = max(sim[r, c], landmark_similarity(track_lm, landmarks[c]))
+            rows = [r for r, s in enumerate(states)
+                    if s.landmarks is not None and s.landmarks.shape == landmarks.shape[1:]]
+            cols = np.flatnonzero(np.isfinite(landmarks).all(axis=(1, 2)))
+            if rows and cols.size:  # one vectorised pass over the (track, detection) pairs
+                track_lm = np.stack([states[r].landmarks_at(frame_index) for r in rows])
+                lm_sim = landmark_similarity_matrix(track_lm, landmarks[cols])
+                sub = sim[np.ix_(rows, cols)]
+                sim[np.ix_(rows, cols)] = np.maximum(sub, lm_sim)
         return sim
 
     @staticmethod
