@@ -146,3 +146,106 @@ def test_clip_listing(tmp_path, dataset):
         list_files(str(tmp_path / "*.nothing"))
     celeb = list_celebvhq(dataset["root"])
     assert celeb.missing == dataset["missing"] and celeb.source["clips_dir"].endswith("processed")
+
+
+# ------------------------------------------------------------------ the model is part of the resume key
+
+
+def _changed_weights_bundle(src: Path, dst: Path) -> Path:
+    """A copy of bundle ``src`` whose ONNX weights differ slightly (manifest updated: a valid new bundle)."""
+    import shutil
+
+    import onnx
+    from onnx import numpy_helper
+
+    from engine.bundle import sha256_file
+
+    shutil.copytree(src, dst)
+    model = onnx.load(str(dst / "model.onnx"))
+    init = max(model.graph.initializer, key=lambda t: np.prod(t.dims))  # the largest weight tensor
+    init.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(init) * np.asarray(1.01, numpy_helper.to_array(init).dtype),
+                                          init.name))
+    onnx.save(model, str(dst / "model.onnx"))
+    manifest = json.loads((dst / "manifest.json").read_text())
+    manifest["files"]["model.onnx"] = {"sha256": sha256_file(dst / "model.onnx"), "bytes": (dst / "model.onnx").stat().st_size}
+    (dst / "manifest.json").write_text(json.dumps(manifest))
+    return dst
+
+
+def test_results_record_the_model_and_a_new_model_is_redone(tmp_path, caplog):
+    import shutil
+
+    from engine.assets import default_bundle
+    from engine.batch.inference import bundle_identity
+
+    clips = tmp_path / "clips"
+    for name in ("a", "b"):
+        make_clip(clips / f"{name}.mp4", frames=4, size=(128, 96))
+    bundle = tmp_path / "bundle"
+    shutil.copytree(default_bundle(), bundle)
+    config = tmp_path / "batch.toml"
+    config.write_text(CONFIG + '\n[[stages]]\ntype = "landmarks"\nbundle = "bundle"\nbackend = "onnxruntime"\n')
+    out, opts = tmp_path / "out", BatchOptions(workers=1, progress=False)
+    first = run_batch(config, list_files(str(clips)), out, opts)
+    assert first["ok"] == 2
+    old = bundle_identity(bundle)
+    with np.load(out / "clips" / "a.npz") as z:
+        meta = read_meta(z)
+        before = z["landmarks_2d"].copy()
+    (model,) = meta["models"]
+    assert model == {"stage": "stages[1]", "option": "bundle", "path": str(bundle), **old}
+    assert model["name"] == "facelift_r18s16_128" and len(model["sha256"]) == 64 and meta["model_hash"]
+    assert json.loads((out / "manifest.json").read_text())["runs"][0]["models"] == [model]
+    assert run_batch(config, list_files(str(clips)), out, opts)["done"] == 2  # same model: nothing to redo
+
+    shutil.rmtree(bundle)
+    _changed_weights_bundle(default_bundle(), bundle)  # new weights at the same path, same options
+    new = bundle_identity(bundle)
+    assert new["sha256"] != old["sha256"]
+    with caplog.at_level("WARNING"):
+        again = run_batch(config, list_files(str(clips)), out, opts)
+    assert (again["ok"], again["done"]) == (2, 0)
+    assert (f"2 existing result file(s) were made with another model (stages[1] facelift_r18s16_128 sha256 "
+            f"{old['sha256'][:12]}; now stages[1] facelift_r18s16_128 sha256 {new['sha256'][:12]}): redoing them") in caplog.text
+    with np.load(out / "clips" / "a.npz") as z:
+        assert read_meta(z)["models"][0]["sha256"] == new["sha256"]
+        assert not np.array_equal(z["landmarks_2d"], before)  # really the new weights' results
+
+    # weights replaced without a new manifest: not silently used, the job stops naming the file
+    (bundle / "model.onnx").write_bytes((bundle / "model.onnx").read_bytes()[:-4] + b"\0\0\0\0")
+    (out / "clips" / "a.npz").unlink()
+    with pytest.raises(RuntimeError, match=r"model\.onnx: sha256 differs from manifest\.json"):
+        run_batch(config, list_files(str(clips)), out, opts)
+
+
+def _strip_model_record(path: Path) -> None:
+    """Rewrite a result as one from before results recorded their models."""
+    from engine.batch.output import encode_meta, write_npz
+
+    with np.load(path) as z:
+        arrays = {k: z[k] for k in z.files}
+        meta = read_meta(z)
+    del meta["models"], meta["model_hash"]
+    arrays["meta_json"] = encode_meta(meta)
+    write_npz(path, arrays)
+
+
+def test_older_results_without_a_model_record(tmp_path, caplog):
+    # a job that loads no model bundle (detector only) keeps them; one that does redoes them
+    clips = tmp_path / "clips"
+    make_clip(clips / "a.mp4", frames=3, size=(128, 96))
+    config = tmp_path / "batch.toml"
+    config.write_text(CONFIG)
+    out, opts = tmp_path / "out", BatchOptions(workers=1, progress=False)
+    run_batch(config, list_files(str(clips)), out, opts)
+    _strip_model_record(out / "clips" / "a.npz")
+    assert run_batch(config, list_files(str(clips)), out, opts)["done"] == 1
+
+    config.write_text(CONFIG + '\n[[stages]]\ntype = "landmarks"\nbackend = "onnxruntime"\n')  # the default bundle
+    out = tmp_path / "out2"
+    run_batch(config, list_files(str(clips)), out, opts)
+    _strip_model_record(out / "clips" / "a.npz")
+    with caplog.at_level("WARNING"):
+        assert run_batch(config, list_files(str(clips)), out, opts)["ok"] == 1
+    assert ("1 existing result file(s) were made with another model (models not recorded (an older result); "
+            "now stages[1] facelift_r18s16_128 sha256") in caplog.text

@@ -35,7 +35,7 @@ from tqdm.contrib.logging import logging_redirect_tqdm
 from engine.assets import REPO_ROOT
 from engine.batch.dataset import ClipList, ClipTask
 from engine.batch.decode import iter_clip, video_info
-from engine.batch.inference import StageRunner, config_hash, stages_description
+from engine.batch.inference import StageRunner, config_hash, model_hash, model_identities, stages_description
 from engine.batch.output import ClipStatus, OutputDir, now_iso, totals_of, validate_clip
 from engine.config import PipelineConfig, load_config
 from engine.frame import Frame
@@ -85,17 +85,30 @@ def engine_version() -> str:
 
 
 def plan_job(clips: ClipList, out: OutputDir, cfg_hash: str, retry_failed: bool,
-             failures: dict[str, dict[str, Any]]) -> Plan:
-    """Split the clips into to-do and not-to-do (done = result file validates for this config)."""
+             failures: dict[str, dict[str, Any]], models: list[dict[str, Any]] | None = None) -> Plan:
+    """Split the clips into to-do and not-to-do (done = result file validates for this config and
+    these models: the resume key is the stages' options plus the weights they load)."""
     plan = Plan(todo=[], statuses=[ClipStatus(cid, "missing", error="listed in the index, no file") for cid in clips.missing]
                 + [ClipStatus(cid, "missing", error="rejected: the clip id is not a plain file name") for cid in clips.rejected])
-    stale = 0
+    models = models or []
+    m_hash = model_hash(models)
+    stale = other_config = 0
+    other_models: dict[str, int] = {}  # what the stale results were made with -> how many
     for task in clips.clips:
         path = out.clip_path(task.clip_id)
         info = None
         if path.exists():
-            info = validate_clip(path, cfg_hash)
-            stale += info is None
+            info = validate_clip(path)
+            if info is None:
+                stale += 1
+            elif info.config_hash != cfg_hash:
+                other_config += 1
+                info = None
+            elif info.model_hash != m_hash and not (info.model_hash is None and not models):
+                # (a result from before models were recorded is kept only when the job loads no model)
+                was = _models_text(info.models) if info.models is not None else "models not recorded (an older result)"
+                other_models[was] = other_models.get(was, 0) + 1
+                info = None
         if info is not None:
             plan.statuses.append(ClipStatus(task.clip_id, "done", info.frames, info.faces))
             failures.pop(task.clip_id, None)  # done after all (e.g. fixed and re-run)
@@ -104,13 +117,24 @@ def plan_job(clips: ClipList, out: OutputDir, cfg_hash: str, retry_failed: bool,
         else:
             plan.todo.append(task)
     if stale:
-        log.warning("%d existing result file(s) are incomplete or from another config/format: redoing them", stale)
+        log.warning("%d existing result file(s) are incomplete or of another format: redoing them", stale)
+    if other_config:
+        log.warning("%d existing result file(s) were made with other stage options: redoing them", other_config)
+    for was, n in other_models.items():
+        log.warning("%d existing result file(s) were made with another model (%s; now %s): redoing them",
+                    n, was, _models_text(models))
     return plan
 
 
-def clip_meta_base(config: PipelineConfig, cfg_hash: str) -> dict[str, Any]:
+def _models_text(models: list[dict[str, Any]]) -> str:
+    return ", ".join(f"{m.get('stage')} {m.get('name')} sha256 {str(m.get('sha256'))[:12]}" for m in models) or "no model"
+
+
+def clip_meta_base(config: PipelineConfig, cfg_hash: str, models: list[dict[str, Any]] | None = None) -> dict[str, Any]:
     """Metadata shared by every clip of a job (no times: outputs stay deterministic)."""
-    return {"stages": stages_description(config), "config_hash": cfg_hash, "engine_version": engine_version()}
+    models = model_identities(config) if models is None else models
+    return {"stages": stages_description(config), "config_hash": cfg_hash, "models": models,
+            "model_hash": model_hash(models), "engine_version": engine_version()}
 
 
 def clip_meta(base: dict[str, Any], task: ClipTask, frames: list[Frame], size: tuple[int, int]) -> dict[str, Any]:
@@ -317,16 +341,17 @@ def run_batch(config_path: str | Path, clips: ClipList, out_dir: str | Path, opt
     plus ``summary_markdown``. Raises :class:`engine.config.ConfigError` on a bad config."""
     config = load_config(config_path)
     cfg_hash = config_hash(config)
+    models = model_identities(config)
     out = OutputDir(out_dir)
     out.clean_temp_files()
     failures = out.load_failures()
-    plan = plan_job(clips, out, cfg_hash, options.retry_failed, failures)
+    plan = plan_job(clips, out, cfg_hash, options.retry_failed, failures, models)
     out.save_failures(failures)
     manifest = out.load_manifest()
     run = {
         "start": now_iso(), "end": None, "status": "running", "code_version": code_version(),
         "engine_version": engine_version(), "config_path": str(config_path), "config_hash": cfg_hash,
-        "stages": stages_description(config), "input": clips.source, "options": asdict(options),
+        "stages": stages_description(config), "models": models, "input": clips.source, "options": asdict(options),
         "host": os.uname().nodename, "todo": len(plan.todo),
     }
     manifest["runs"].append(run)
@@ -344,7 +369,7 @@ def run_batch(config_path: str | Path, clips: ClipList, out_dir: str | Path, opt
         statuses.append(status)
         failure_log.record(task, status)
 
-    meta_base = clip_meta_base(config, cfg_hash)
+    meta_base = clip_meta_base(config, cfg_hash, models)
     t0 = time.monotonic()
     try:
         if options.ray:

@@ -18,7 +18,8 @@ Layout of an output folder::
     euler (N,3), translation (N,3), confidence (N,68) float32; visibility (N,68) bool
                               (each only when a stage computed it; NaN/False for a face it skipped)
     meta_json (B,) uint8      UTF-8 JSON: format_version, clip_id, source, width, height, fps, frames,
-                              faces, stages, config_hash, engine_version, attributes
+                              faces, stages, config_hash, models (bundle name, path, sha256 per model
+                              the stages load), model_hash, engine_version, attributes
 
 The zip members are written in sorted order with a fixed timestamp, so the same results give
 byte-identical files. A file is *done* when it exists and :func:`validate_clip` accepts it; anything
@@ -152,11 +153,13 @@ class ClipInfo:
     frames: int
     faces: int
     config_hash: str
+    model_hash: str | None = None  # None: written before results recorded their models
+    models: list[dict[str, Any]] | None = None
 
 
-def validate_clip(path: Path, config_hash: str | None = None) -> ClipInfo | None:
-    """The file's counts if it is a complete result of this format (and of ``config_hash`` when
-    given), else None. Reads every array, so a truncated or corrupted member fails."""
+def validate_clip(path: Path, config_hash: str | None = None, model_hash: str | None = None) -> ClipInfo | None:
+    """The file's counts if it is a complete result of this format (and of ``config_hash`` and
+    ``model_hash`` when given), else None. Reads every array, so a truncated or corrupted member fails."""
     try:
         with np.load(path, allow_pickle=False) as z:
             keys = set(z.files)
@@ -173,7 +176,9 @@ def validate_clip(path: Path, config_hash: str | None = None) -> ClipInfo | None
         return None
     if config_hash is not None and meta.get("config_hash") != config_hash:
         return None
-    return ClipInfo(frames, n, meta.get("config_hash", ""))
+    if model_hash is not None and meta.get("model_hash") != model_hash:
+        return None
+    return ClipInfo(frames, n, meta.get("config_hash", ""), meta.get("model_hash"), meta.get("models"))
 
 
 # -------------------------------------------------------------------------------- output folder
