@@ -2,7 +2,8 @@
 
 Every source yields :class:`engine.frame.Frame` objects with a per-stream 0-based ``index``, ``pts`` in
 seconds (``None`` when the container has none), ``time`` = ``time.time()`` at decode and an HxWx3 uint8
-RGB ``image``. ``meta`` carries ``source_uri``, ``total_frames`` when the container knows it, and
+RGB ``image``, turned upright by the stream's display matrix (the rotation metadata of phone video, as
+FFmpeg's autorotate does). ``meta`` carries ``source_uri``, ``total_frames`` when the container knows it, and
 ``end_of_stream=True`` on the last frame of a stream (the file source decodes one frame ahead to know).
 """
 
@@ -20,6 +21,8 @@ from typing import Any, Literal
 from urllib.parse import urlsplit
 
 import av
+import av.sidedata.sidedata
+import numpy as np
 from pydantic import Field, field_validator
 
 from engine.frame import Frame
@@ -51,8 +54,48 @@ def _open_video(uri: str, **kwargs: Any) -> tuple[av.container.InputContainer, a
         raise
 
 
+_odd_rotation_logged: set[str] = set()  # streams whose display matrix is not a right angle (logged once)
+
+
+def _display_matrix(vf: av.VideoFrame) -> np.ndarray | None:
+    """The frame's display matrix (9 int32, FFmpeg layout), from the container's rotation / ``rotate``
+    metadata (phone video), or None."""
+    for sd in vf.side_data:
+        if sd.type == av.sidedata.sidedata.Type.DISPLAYMATRIX:
+            m = np.frombuffer(bytes(sd), "<i4")
+            return m if m.size == 9 else None
+    return None
+
+
+def upright(image: np.ndarray, matrix: np.ndarray | None, stream_id: str = "") -> np.ndarray:
+    """``image`` as it is meant to be displayed: the display matrix maps a decoded pixel (x, y) to
+    (a x + c y, b x + d y) (+ an offset), so the 8 right-angle orientations (rotations by 90 degrees,
+    with or without a mirror) are a transpose and/or flips, as FFmpeg's autorotate does. Other angles
+    are left as decoded (logged once)."""
+    if matrix is None:
+        return image
+    a, b, c, d = int(matrix[0]), int(matrix[1]), int(matrix[3]), int(matrix[4])
+    if a == 0 and d == 0 and b and c:  # x' = c y, y' = b x: rows and columns swap
+        out = image.transpose(1, 0, 2)
+        out = out[::-1] if b < 0 else out
+        out = out[:, ::-1] if c < 0 else out
+    elif b == 0 and c == 0 and a and d:
+        if a > 0 and d > 0:
+            return image  # identity
+        out = image[:, ::-1] if a < 0 else image
+        out = out[::-1] if d < 0 else out
+    else:
+        if stream_id not in _odd_rotation_logged:
+            _odd_rotation_logged.add(stream_id)
+            log.warning("%s: display matrix %s is not a multiple of 90 degrees; frames are used as decoded",
+                        stream_id, matrix.tolist())
+        return image
+    return np.ascontiguousarray(out)
+
+
 def _to_frame(vf: av.VideoFrame, stream_id: str, index: int, meta: dict[str, Any]) -> Frame:
-    image = vf.to_ndarray(format="rgb24")
+    # upright like every player shows it: a phone's portrait clip is stored sideways with a rotation
+    image = upright(vf.to_ndarray(format="rgb24"), _display_matrix(vf), stream_id)
     return Frame(stream_id=stream_id, index=index, pts=vf.time, time=time.time(), image=image, meta=dict(meta))
 
 
