@@ -17,7 +17,8 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 PANELS = {
     "training losses": ["loss/mv_3d", "loss/mv_t", "loss/mv_rot", "loss/mv_2d", "loss/mf_2d"],
     "validation NME (%)": ["val/mv_nme", "val/mf_nme"],
-    "validation pose error (deg)": ["val/mv_pose_deg"],
+    "validation pose error / canonical tilt (deg)": ["val/mv_pose_deg", "val/mv_tilt_deg"],
+    "learned loss scales": ["loss/scale_mv_3d", "loss/scale_mv_rot", "loss/scale_mv_t"],
     "validation 3D error (cm)": ["val/mv_3d_cm"],
 }
 
@@ -30,12 +31,14 @@ def main() -> None:
     events = EventAccumulator(str(args.run / "tb"))
     events.Reload()
     tags = set(events.Tags()["scalars"])
-    fig, axes = plt.subplots(1, len(PANELS), figsize=(5 * len(PANELS), 3.6))
+    fig, axes = plt.subplots(1, len(PANELS), figsize=(4.2 * len(PANELS), 3.6))
     for ax, (title, names) in zip(axes, PANELS.items()):
         for name in names:
             if name in tags:
                 points = events.Scalars(name)
                 ax.plot([p.step for p in points], [p.value for p in points], label=name.split("/")[1])
+                if name.startswith("loss/scale"):
+                    ax.set_yscale("log")
         ax.set_title(title)
         ax.set_xlabel("step")
         ax.grid(alpha=0.3)

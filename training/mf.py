@@ -12,7 +12,6 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-import av
 import numpy as np
 from PIL import Image, ImageOps
 
@@ -59,6 +58,8 @@ def count_frames(path: Path) -> int:
     Raises ClipError."""
     if path.suffix.lower() in IMAGE_SUFFIXES:
         return 1
+    import av  # imported here: the MV-only paths (training.lift) run where PyAV is not installed
+
     try:
         with av.open(str(path)) as container:
             if not container.streams.video:
@@ -85,6 +86,8 @@ def iter_frames(path: Path, every: int, start: int = 0, stop: int | None = None)
             except OSError as err:
                 raise ClipError(f"{path}: cannot read the photo ({err})") from err
         return
+    import av
+
     try:
         with av.open(str(path)) as container:
             stream = container.streams.video[0]

@@ -92,6 +92,17 @@ class MVLabeler:
             log.info("identity %d rejected: %s", seed, result.reason)
         return LiftedIdentity(identity, result, detections, np.asarray(renders[0].landmarks_head, dtype=np.float32))
 
+    def from_points(self, seed: int, points: np.ndarray) -> LiftedIdentity:
+        """An identity lifted elsewhere (``python -m training.lift``): its labels, no rig renders."""
+        from training.lifting import LiftResult
+
+        identity = self.generator.identity(seed)
+        nan = np.full(68, np.nan)
+        lift = LiftResult(np.asarray(points, np.float64), np.zeros((0, 68)), nan, np.zeros(68, int), True, None)
+        v_head, _ = self.generator.geometry(identity)
+        truth = np.asarray(v_head[self.generator.model.landmarks68], dtype=np.float32)
+        return LiftedIdentity(identity, lift, np.zeros((0, 68, 2), np.float32), truth)
+
     def training_renders(self, lifted: LiftedIdentity, count: int, rng: np.random.Generator) -> Iterator[tuple[np.ndarray, dict]]:
         """``count`` renders from the augmented camera space with their on-disk arrays (DESIGN.md)."""
         points = lifted.lift.points.astype(np.float64)

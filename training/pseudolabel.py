@@ -55,13 +55,14 @@ class PseudoLabelConfig(BaseModel):
     rig_detector_size: int | None = Field(None, ge=32, description="CenterFace input size on rig views "
                                           "(None: the rig size rounded up to a multiple of 32)")
     lifting: LiftingConfig = Field(default_factory=LiftingConfig)
+    lifted: Path | None = Field(None, description="labels from `python -m training.lift` (skip the rig)")
 
     def identity_seed(self, index: int) -> int:
         return self.seed * IDENTITY_SEED_STRIDE + index
 
     def fingerprint(self) -> dict[str, Any]:
         """What must match for a re-run to resume (workers and paths may change)."""
-        d = self.model_dump(mode="json", exclude={"out", "workers", "mf_clips"})
+        d = self.model_dump(mode="json", exclude={"out", "workers", "mf_clips", "lifted"})
         d["mf_clips"] = None if self.mf_clips is None else str(Path(self.mf_clips).resolve())
         return d
 
@@ -126,6 +127,17 @@ def _detector():
     return _STATE["detector"]
 
 
+def _lifted() -> dict | None:
+    cfg = _STATE["cfg"]
+    if cfg.lifted is None:
+        return None
+    if "lifted" not in _STATE:
+        from training.lift import load_lifted
+
+        _STATE["lifted"] = load_lifted(cfg.lifted)
+    return _STATE["lifted"]
+
+
 def _rig_detector():
     """CenterFace at the rig's render size: upscaling a 128 px view to 320 costs 6x and finds nothing more."""
     if "rig_detector" not in _STATE:
@@ -168,10 +180,17 @@ def _write_mv(cfg: PseudoLabelConfig, task: dict[str, Any], writer: ShardWriter)
                         rig_size=cfg.rig_size, image_size=cfg.image_size, lifting=cfg.lifting,
                         mirror=cfg.teacher_mirror, rig_detector=_rig_detector() if cfg.detector else None)
     rejected: list[list] = []
+    lifted = _lifted()
     for index in range(*task["identities"]):
         seed = cfg.identity_seed(index)
         rng = np.random.default_rng(np.random.SeedSequence([cfg.seed, seed]))
-        result = labeler.lift_identity(seed)
+        if lifted is not None:
+            if seed not in lifted:
+                rejected.append([seed, "not in --lifted file"])
+                continue
+            result = labeler.from_points(seed, lifted[seed])
+        else:
+            result = labeler.lift_identity(seed)
         if not result.ok:
             rejected.append([seed, result.reason])
             continue
@@ -304,12 +323,13 @@ def parse_args(argv: list[str] | None = None) -> PseudoLabelConfig:
     p.add_argument("--generator", default="ict_head")
     p.add_argument("--no-detector", action="store_true", help="landmark boxes instead of CenterFace on renders")
     p.add_argument("--no-mirror", action="store_true", help="one teacher pass per image (no mirror averaging)")
+    p.add_argument("--lifted", type=Path, help="3D labels from `python -m training.lift` (the rig is not rendered)")
     a = p.parse_args(argv)
     return PseudoLabelConfig(
         out=a.out, identities=a.identities, renders_per_identity=a.renders_per_identity, mf_clips=a.mf_clips,
         mf_every=a.mf_every, mf_exclude=a.exclude, image_size=a.image_size, rig_size=a.rig_size,
         shard_size=a.shard_size, workers=a.workers, seed=a.seed, generator=a.generator, detector=not a.no_detector,
-        teacher_mirror=not a.no_mirror,
+        teacher_mirror=not a.no_mirror, lifted=a.lifted,
     )
 
 

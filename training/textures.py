@@ -21,7 +21,6 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import av
 import numpy as np
 from scipy import ndimage
 from scipy.optimize import least_squares
@@ -425,6 +424,7 @@ class FrameLandmarks:
 
 def read_frames(path: Path, indices: list[int]) -> dict[int, np.ndarray]:
     want, out = set(indices), {}
+    import av  # only for building the bank from clips
     with av.open(str(path)) as c:
         for i, f in enumerate(c.decode(video=0)):
             if i in want:
@@ -435,6 +435,7 @@ def read_frames(path: Path, indices: list[int]) -> dict[int, np.ndarray]:
 
 
 def count_frames(path: Path) -> int:
+    import av  # only for building the bank from clips
     with av.open(str(path)) as c:
         s = c.streams.video[0]
         return s.frames or sum(1 for _ in c.decode(video=0))
