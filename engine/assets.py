@@ -34,3 +34,15 @@ DEFAULT_BUNDLE_NAME = "facelift_r18s16_128"
 def default_bundle() -> Path:
     """The committed default landmark model bundle (models/<name>/, written by training/bundle.py)."""
     return REPO_ROOT / "models" / DEFAULT_BUNDLE_NAME
+
+
+def shared_assets_problem() -> str | None:
+    """None when the shared assets folder exists, else one line saying where it was looked for and how
+    to point at it (for test runners and scripts that need it)."""
+    assets = shared_dir() / "assets"
+    if assets.is_dir():
+        return None
+    how = "FACELIFT_SHARED is set to " + os.environ["FACELIFT_SHARED"] if "FACELIFT_SHARED" in os.environ else \
+        "FACELIFT_SHARED is not set, so ../shared beside the repository was tried"
+    return (f"shared assets missing: no folder {assets} ({how}); set FACELIFT_SHARED=/path/to/shared "
+            "(the folder that holds assets/videos, assets/images, assets/ict_facekit, ...) or put it at ../shared")

@@ -249,10 +249,25 @@ def cmd_batch(args: argparse.Namespace) -> int:
     return 3 if totals["failed"] or totals["skipped_failed"] or totals["missing"] else 0
 
 
+EXIT_CODES_HELP = """exit codes:
+  0    every input processed (also after SIGINT/SIGTERM asked a run to stop)
+  1    a plugin failed to start, or a run ended abnormally
+  2    invalid configuration or arguments
+  3    some inputs failed or were unusable (the others were processed; the summary names them)
+  130  batch interrupted with Ctrl-C (finished clips are kept; the same command resumes)
+
+'python -m engine COMMAND --help' describes a command; README.md and docs/ the rest."""
+
+
 def build_parser() -> argparse.ArgumentParser:
     from engine import __version__
 
-    parser = argparse.ArgumentParser(prog="python -m engine", description=__doc__.splitlines()[0])
+    # plain text (the module docstring is reST for the docs); the exit codes keep their line breaks
+    parser = argparse.ArgumentParser(
+        prog="python -m engine", formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="FaceLift engine: run, check and inspect 3D facial landmark pipelines, receive their "
+        "results,\nand run dataset batch jobs (also installed as the facelift-engine command).",
+        epilog=EXIT_CODES_HELP)
     parser.add_argument("--version", action="version", version=f"facelift-engine {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 

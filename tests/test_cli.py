@@ -127,3 +127,17 @@ def test_subscribe_saves_what_arrives(clip, tmp_path):
     frames = [m for m in read_messages(out) if isinstance(m, FrameMessage)]
     assert [m.index for m in frames] == list(range(30)) and summary["streams"]["cam"]["frames"] == 30
     assert all(len(m.faces) == 1 and m.faces[0].keypoints.shape == (5, 2) for m in frames[2:])
+
+
+def test_help_is_plain_text_with_the_exit_codes(capsys):
+    import re
+
+    from engine.cli import build_parser
+
+    parser = build_parser()
+    texts = [parser.format_help()]
+    sub = next(a for a in parser._actions if a.__class__.__name__ == "_SubParsersAction")
+    texts += [p.format_help() for p in sub.choices.values()]
+    for text in texts:
+        assert not re.search(r"``|:class:|:func:|\*\*\w", text), text  # no reST markup (a glob's /**/ is fine)
+    assert "exit codes:" in texts[0] and "\n  3    some inputs failed" in texts[0]
