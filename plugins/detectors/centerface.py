@@ -16,8 +16,8 @@ from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 
+import cv2
 import numpy as np
-from PIL import Image
 from pydantic import Field, field_validator
 
 from engine import redetect
@@ -139,14 +139,17 @@ class CenterFace:
         results: list[Detections | None] = [None] * len(images)
         prepared = [self._letterbox(image) for image in images]
         groups: dict[tuple[int, int], list[int]] = {}
-        for i, (canvas, _) in enumerate(prepared):
-            groups.setdefault(canvas.shape[:2], []).append(i)
-        for indices in groups.values():
-            # HWC RGB -> NCHW BGR float32 (CenterFace was trained on OpenCV's BGR frames, raw 0-255)
-            batch = np.stack([prepared[i][0] for i in indices])[..., ::-1].transpose(0, 3, 1, 2)
-            heatmap, scale, offset, landmarks = self.session.run(
-                None, {self.input_name: np.ascontiguousarray(batch, dtype=np.float32)}
-            )
+        for i, (resized, _) in enumerate(prepared):
+            h, w = resized.shape[:2]
+            groups.setdefault((-(-h // ALIGN) * ALIGN, -(-w // ALIGN) * ALIGN), []).append(i)
+        for (canvas_h, canvas_w), indices in groups.items():
+            # HWC RGB -> zero-padded NCHW BGR float32 in one copy per image (CenterFace was trained on
+            # OpenCV's BGR frames, raw 0-255)
+            batch = np.zeros((len(indices), 3, canvas_h, canvas_w), np.float32)
+            for j, i in enumerate(indices):
+                resized = prepared[i][0]
+                batch[j, :, : resized.shape[0], : resized.shape[1]] = resized.transpose(2, 0, 1)[::-1]
+            heatmap, scale, offset, landmarks = self.session.run(None, {self.input_name: batch})
             for j, i in enumerate(indices):
                 image_h, image_w = images[i].shape[:2]
                 results[i] = self._decode(
@@ -155,18 +158,19 @@ class CenterFace:
         return results  # type: ignore[return-value]
 
     def _letterbox(self, image: np.ndarray) -> tuple[np.ndarray, float]:
-        """Resize so the long side is ``input_size``, pad right/bottom to multiples of 32.
-        Returns the canvas and the scale (input pixels per image pixel)."""
+        """Resize so the long side is ``input_size`` (the canvas pads it right/bottom to multiples of 32).
+        Returns the resized image and the scale (input pixels per image pixel)."""
         if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
             raise ValueError(f"expected an HxWx3 uint8 RGB image, got shape {image.shape} dtype {image.dtype}")
         h, w = image.shape[:2]
         scale = self.input_size / max(h, w)
         new_w, new_h = max(1, round(w * scale)), max(1, round(h * scale))
-        resized = np.asarray(Image.fromarray(image).resize((new_w, new_h), Image.Resampling.BILINEAR))
-        canvas_h, canvas_w = -(-new_h // ALIGN) * ALIGN, -(-new_w // ALIGN) * ALIGN
-        canvas = np.zeros((canvas_h, canvas_w, 3), np.uint8)
-        canvas[:new_h, :new_w] = resized
-        return canvas, scale
+        if (new_w, new_h) == (w, h):
+            return image, scale
+        # area averaging when shrinking (anti-aliased, like PIL's bilinear reduce this replaced; ~10x
+        # faster), bilinear when enlarging
+        interpolation = cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR
+        return cv2.resize(image, (new_w, new_h), interpolation=interpolation), scale
 
     def _decode(
         self,
