@@ -33,11 +33,13 @@ def default_stages() -> list[dict[str, Any]]:
 
 
 def stages_with(detect_every: int | None = None, input_size: int | None = None,
-                threads: int | None = None) -> list[dict[str, Any]]:
-    """pipeline.toml's stages with the detector's ``detect_every``/``input_size`` and the ONNX Runtime
-    threads overridden (None keeps pipeline.toml's value)."""
+                threads: int | None = None, max_wait_ms: float | None = None) -> list[dict[str, Any]]:
+    """pipeline.toml's stages with the detector's ``detect_every``/``input_size``, the ONNX Runtime
+    threads and every stage's ``max_wait_ms`` overridden (None keeps pipeline.toml's value)."""
     stages = copy.deepcopy(default_stages())
     for st in stages:
+        if max_wait_ms is not None:
+            st["max_wait_ms"] = max_wait_ms
         if st["type"] == "centerface":
             if detect_every is not None:
                 st["detect_every"] = detect_every
