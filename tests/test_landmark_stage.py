@@ -245,3 +245,28 @@ def test_pose_conversion_vectorised_equals_one_by_one():
         R_i, t_i = pose_to_image(R[i], t[i], M[i], K0, K[i])
         np.testing.assert_allclose(R_all[i], R_i, atol=1e-12)
         np.testing.assert_allclose(t_all[i], t_i, atol=1e-9)
+
+
+def test_confidence_drop_asks_for_a_detection_and_keeps_the_track(bundle, detected_frames, monkeypatch):
+    source = FileSource(FileSource.Options(path=str(sample_clip()), max_frames=6), "dip")
+    frames = list(source.frames(threading.Event()))
+    detector = CenterFaceDetector(CenterFaceDetector.Options(input_size=320, detect_every=10))
+    detector.start()
+    stage = make_stage(bundle)
+    run = stage.backend.infer
+    calls = []
+
+    def dip_on_third_call(x):  # frame 2: confidence x 0.7 (the untrained ~0.37 stays above lost_confidence)
+        out = run(x)
+        calls.append(len(x))
+        if len(calls) == 3:
+            out = {**out, "confidence": out["confidence"] * 0.7}
+        return out
+
+    monkeypatch.setattr(stage.backend, "infer", dip_on_third_call)
+    redetect.take("dip")
+    out = [stage.process(detector.process([f]))[0] for f in frames]
+    stage.close()
+    assert [f.meta["detected"] for f in out] == [True, False, False, True, False, False]
+    assert all(f.faces for f in out)
+    assert out[2].faces[0].track_id == out[1].faces[0].track_id  # the dip kept its track

@@ -25,7 +25,8 @@ Tracking (``tracking = true``, default): one :class:`IoUTracker` per stream give
 frames the detector skipped (``centerface.detect_every``: ``meta["detected"] = False``) faces come from
 the stream's live tracks, cropped from their last landmarks; a track whose mean confidence falls below
 ``lost_confidence`` ends and the stream asks the detector for a fresh detection
-(:mod:`engine.redetect`). Because frame k+1 may then crop from frame k's result, a batch is run in
+(:mod:`engine.redetect`); one whose confidence drops below ``redetect_drop`` x its running mean asks too
+but keeps its track. Because frame k+1 may then crop from frame k's result, a batch is run in
 waves (wave i = the i-th frame of every stream, so faces still batch across streams); without such a
 dependency (``crop_from = "box"`` on detected frames) the whole batch is one wave. Smoothing
 (``smoothing = true``): causal One-Euro per track (plugins/trackers/one_euro.py), off by default so
@@ -62,6 +63,7 @@ _EYE_R, _EYE_L, _NOSE, _MOUTH_R, _MOUTH_L = slice(36, 42), slice(42, 48), 30, 48
 RECENT_TRACK_FRAMES = 2  # a track's landmarks older than this are not used to crop a detected face
 MIN_ROI_PX, MIN_ROI_OF_BOX = 8.0, 0.5  # landmark rois smaller than this are degenerate (use the box)
 _VISIBLE_THRESHOLDS = visibility_thresholds()
+CONFIDENCE_MOMENTUM = 0.9  # running mean of a track's confidence over ~10 frames (redetect_drop)
 
 
 class BundleMissingError(FileNotFoundError):
@@ -183,6 +185,7 @@ class _StreamState:
     tracker: IoUTracker
     smoother: FaceSmoother | None
     scores: dict[int, float] = field(default_factory=dict)  # track id -> last face score
+    confidence: dict[int, float] = field(default_factory=dict)  # track id -> running mean landmark confidence
     last_index: int | None = None  # the stream's last finished frame
 
 
@@ -218,6 +221,9 @@ class LandmarkStage(Stage):
         iou_threshold: float = Field(0.3, ge=0, le=1, description="Tracker: minimum IoU to continue a track.")
         max_age: int = Field(30, ge=0, description="Tracker: frames a track survives unmatched.")
         lost_confidence: float = Field(0.2, ge=0, le=1, description="Mean confidence below which a tracked face is lost.")
+        redetect_drop: float = Field(
+            0.8, ge=0, le=1, description="A tracked face whose mean confidence falls below this fraction of its "
+            "running average asks the detector for a detection (keeping its track); 0 = only when lost.")
         smoothing: bool = Field(False, description="One-Euro smoothing per track (causal); off for dataset jobs.")
         smooth_min_cutoff: float = Field(LANDMARK_PARAMS.min_cutoff, gt=0, description="One-Euro min cutoff (Hz): lower = smoother when still.")
         smooth_beta: float = Field(LANDMARK_PARAMS.beta, ge=0, description="One-Euro beta (landmarks, translation): higher = less lag.")
@@ -403,6 +409,7 @@ class LandmarkStage(Stage):
                 frame.faces = kept
                 if not kept:
                     redetect.request(frame.stream_id)
+            self._watch_confidence(st, frame)
             live_ids = {t.track_id for t in live}
             if st.smoother is not None:
                 st.smoother.apply_all(frame.faces, frame_timestamp(frame))
@@ -416,10 +423,24 @@ class LandmarkStage(Stage):
                         face.landmarks_canonical, face.visibility = canonical[i], visibility[i]
                 st.smoother.retain(live_ids)
             st.scores = {k: v for k, v in st.scores.items() if k in live_ids}
+            st.confidence = {k: v for k, v in st.confidence.items() if k in live_ids}
             st.last_index = frame.index
             if frame.meta.get("end_of_stream"):
                 self.streams.pop(frame.stream_id, None)  # long runs over many files keep no stale state
         frame.meta["landmarks_time"] = time.time()
+
+    def _watch_confidence(self, st: _StreamState, frame: Frame) -> None:
+        """Ask for a detection when a tracked face's confidence drops against its own running mean (a
+        relative test: models differ in how confident they are on a good face)."""
+        drop = self.options.redetect_drop
+        for face in frame.faces:
+            if face.track_id is None or face.confidence is None:
+                continue
+            c = float(np.mean(face.confidence))
+            mean = st.confidence.get(face.track_id)
+            if mean is not None and c < drop * mean and not frame.meta.get("detected", True):
+                redetect.request(frame.stream_id)
+            st.confidence[face.track_id] = c if mean is None else CONFIDENCE_MOMENTUM * mean + (1 - CONFIDENCE_MOMENTUM) * c
 
 
 def fill_faces(faces: list[Face], out: dict[str, np.ndarray], M: np.ndarray, K0: np.ndarray, K: np.ndarray,
