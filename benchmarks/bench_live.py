@@ -1,7 +1,7 @@
 """Live sources: per-frame latency at 30 fps input, and how many 30 fps streams this machine holds.
 
     nice -n 19 python benchmarks/bench_live.py [--clip PATH] [--streams 1 2 3 4 6 8] [--frames 300]
-        [--detect-every N] [--max-wait-ms MS] [--json out.json]
+        [--detect-every N] [--max-wait-ms MS] [--bundle DIR] [--json out.json]
 
 N copies of a 30 fps clip (default: the shared liveportrait_d10.mp4, 512x512, 30 fps) are read with
 ``realtime = true``: each source paces its frames by their timestamps like a camera, and the runtime
@@ -29,13 +29,14 @@ def main() -> None:
     p.add_argument("--frames", type=int, default=300, help="frames per stream (300 = 10 s at 30 fps)")
     p.add_argument("--detect-every", type=int, default=None, help="override pipeline.toml's detect_every")
     p.add_argument("--max-wait-ms", type=float, default=None, help="override every stage's max_wait_ms")
+    p.add_argument("--bundle", default=None, help="landmark bundle (default: pipeline.toml's)")
     p.add_argument("--json", type=Path, default=None)
     args = p.parse_args()
     logging.basicConfig(level=logging.WARNING)
     clip = args.clip or shared_asset("videos", "liveportrait_d10.mp4")
     rows = []
     for n in sorted(args.streams):
-        summary, _ = run_engine(clip, stages_with(detect_every=args.detect_every, max_wait_ms=args.max_wait_ms), streams=n,
+        summary, _ = run_engine(clip, stages_with(detect_every=args.detect_every, max_wait_ms=args.max_wait_ms, bundle=args.bundle), streams=n,
                                 max_frames=args.frames, realtime=True)
         drops = sum(s["drops"] for s in summary["streams"].values())
         offered = n * args.frames

@@ -1,7 +1,7 @@
 """This engine next to its peers on one clip, in one run: end-to-end fps and ratios, and N-stream scaling.
 
     nice -n 19 python benchmarks/bench_peers.py [--clip PATH] [--max-frames N] [--rounds 1]
-        [--streams 1 2 4 8] [--stream-frames 200] [--threads N] [--peers-python .venv-peers/bin/python]
+        [--streams 1 2 4 8] [--stream-frames 200] [--threads N] [--bundle DIR] [--peers-python .venv-peers/bin/python]
         [--json out.json]
 
 Every pipeline decodes the same clip with PyAV (decode included in its fps), tracks one face the way it
@@ -69,8 +69,10 @@ def run_decode(clip: Path, max_frames: int | None) -> dict[str, Any]:
     return {"frames": frames, "frames_with_face": None, "seconds": seconds, "fps": frames / seconds}
 
 
-def run_engine_clip(clip: Path, max_frames: int | None, detect_every: int | None, threads: int | None) -> dict[str, Any]:
-    summary, _ = run_engine(clip, stages_with(detect_every=detect_every, threads=threads), max_frames=max_frames)
+def run_engine_clip(clip: Path, max_frames: int | None, detect_every: int | None, threads: int | None,
+                    bundle: str | None = None) -> dict[str, Any]:
+    summary, _ = run_engine(clip, stages_with(detect_every=detect_every, threads=threads, bundle=bundle),
+                            max_frames=max_frames)
     stream = summary["streams"]["s0"]
     return {"frames": summary["frames"], "frames_with_face": stream["faces"], "seconds": summary["wall_time_s"],
             "fps": summary["fps"]}
@@ -149,6 +151,7 @@ def main() -> None:
     p.add_argument("--streams", type=int, nargs="*", default=[1, 2, 4, 8])
     p.add_argument("--stream-frames", type=int, default=200, help="frames per stream in the N-stream runs")
     p.add_argument("--threads", type=int, default=None, help="ONNX Runtime intra-op threads (all pipelines)")
+    p.add_argument("--bundle", default=None, help="landmark bundle for this engine (default: pipeline.toml's)")
     p.add_argument("--peers-python", type=Path, default=PEERS_PYTHON)
     p.add_argument("--json", type=Path, default=None)
     args = p.parse_args()
@@ -158,8 +161,8 @@ def main() -> None:
 
     runs = {
         "decode only (PyAV)": lambda: run_decode(clip, args.max_frames),
-        "engine, default pipeline.toml": lambda: run_engine_clip(clip, args.max_frames, None, args.threads),
-        "engine, detect every frame": lambda: run_engine_clip(clip, args.max_frames, 1, args.threads),
+        "engine, default pipeline.toml": lambda: run_engine_clip(clip, args.max_frames, None, args.threads, args.bundle),
+        "engine, detect every frame": lambda: run_engine_clip(clip, args.max_frames, 1, args.threads, args.bundle),
         "3DDFA_V2-style (CenterFace once, MobileNet-0.5 120 px, ORT)": lambda: tddfa.run(clip, args.max_frames),
         "MediaPipe Face Mesh 0.10.14": lambda: run_mediapipe(clip, args.max_frames, args.peers_python),
     }
@@ -185,7 +188,7 @@ def main() -> None:
 
     scaling = []
     for n in args.streams:
-        summary, _ = run_engine(clip, stages_with(threads=args.threads), streams=n, max_frames=args.stream_frames)
+        summary, _ = run_engine(clip, stages_with(threads=args.threads, bundle=args.bundle), streams=n, max_frames=args.stream_frames)
         scaling.append({"streams": n, "fps": summary["fps"], "per_stream_fps": round(summary["fps"] / n, 2),
                         "faces": sum(s["faces"] for s in summary["streams"].values()), "frames": summary["frames"]})
         print(f"  engine default, {n} stream(s) at once: {summary['fps']:.1f} fps total, "

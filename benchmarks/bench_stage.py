@@ -1,7 +1,7 @@
 """Per-frame ms of each part of the landmark stage in tracking mode (one stream, one face), and the model alone.
 
     nice -n 19 python benchmarks/bench_stage.py [--clip PATH] [--max-frames 200] [--detect-every 10]
-        [--threads N] [--repeats 3] [--json out.json]
+        [--threads N] [--bundle DIR] [--repeats 3] [--json out.json]
 
 Frames are decoded and detected (CenterFace 320) once up front; then the stage processes them in batches
 of 8 as the runtime hands them over, with ``detect_every`` frames tracked from landmarks between
@@ -96,9 +96,10 @@ def load_frames(clip: Path, max_frames: int, detect_every: int) -> list:
     return frames
 
 
-def run_stage(frames: list, threads: int | None) -> tuple[float, dict[str, float], LandmarkStage]:
+def run_stage(frames: list, threads: int | None, bundle: str | None = None
+              ) -> tuple[float, dict[str, float], LandmarkStage]:
     """(ms per frame, ms per frame of each part) of the stage over ``frames`` (after a warm-up batch)."""
-    stage = LandmarkStage(LandmarkStage.Options(backend="onnxruntime", tracking=True, smoothing=True,
+    stage = LandmarkStage(LandmarkStage.Options(bundle=bundle, backend="onnxruntime", tracking=True, smoothing=True,
                                                 intra_op_threads=threads))
     stage.start()
     frames = copy.deepcopy(frames)
@@ -176,6 +177,7 @@ def main() -> None:
     p.add_argument("--max-frames", type=int, default=200)
     p.add_argument("--detect-every", type=int, default=10)
     p.add_argument("--threads", type=int, default=None, help="intra-op threads of the landmark backend")
+    p.add_argument("--bundle", default=None, help="landmark bundle (default: the engine's default bundle)")
     p.add_argument("--repeats", type=int, default=3, help="stage runs; the fastest is reported")
     p.add_argument("--json", type=Path, default=None)
     args = p.parse_args()
@@ -184,7 +186,7 @@ def main() -> None:
     frames = load_frames(clip, args.max_frames, args.detect_every)
     best = None
     for _ in range(args.repeats):
-        ms, parts, stage = run_stage(frames, args.threads)
+        ms, parts, stage = run_stage(frames, args.threads, args.bundle)
         if best is None or ms < best[0]:
             best = (ms, parts)
     ms, parts = best

@@ -1,7 +1,7 @@
 """How often to detect and at what size: the default pipeline's trade-off, measured in one run.
 
     nice -n 19 python benchmarks/bench_tracking.py [--clip PATH] [--every 1 5 10 30 60] [--sizes 320 640]
-        [--max-frames N] [--json out.json]
+        [--max-frames N] [--bundle DIR] [--json out.json]
 
 For each detector input size and ``detect_every`` N, the pipeline.toml stages (landmarks tracking from
 landmarks between detections, redetection when the track confidence drops) run on the clip through the
@@ -30,18 +30,19 @@ def main() -> None:
     p.add_argument("--every", type=int, nargs="+", default=[1, 5, 10, 30, 60])
     p.add_argument("--sizes", type=int, nargs="+", default=[320, 640])
     p.add_argument("--max-frames", type=int, default=None)
+    p.add_argument("--bundle", default=None, help="landmark bundle (default: pipeline.toml's)")
     p.add_argument("--json", type=Path, default=None)
     args = p.parse_args()
     logging.basicConfig(level=logging.WARNING)
     clip = args.clip or shared_asset("videos", "liveportrait_d10.mp4")
 
-    _, ref = run_engine(clip, stages_with(detect_every=1, input_size=640), max_frames=args.max_frames,
+    _, ref = run_engine(clip, stages_with(detect_every=1, input_size=640, bundle=args.bundle), max_frames=args.max_frames,
                         keep_landmarks=True)
     ref_lm = ref["s0"]
     rows = []
     for size in args.sizes:
         for every in args.every:
-            summary, got = run_engine(clip, stages_with(detect_every=every, input_size=size),
+            summary, got = run_engine(clip, stages_with(detect_every=every, input_size=size, bundle=args.bundle),
                                       max_frames=args.max_frames, keep_landmarks=True)
             lm = got["s0"]
             both = np.isfinite(lm[:, 0, 0]) & np.isfinite(ref_lm[:, 0, 0])

@@ -32,12 +32,14 @@ def default_stages() -> list[dict[str, Any]]:
         return tomllib.load(f)["stages"]
 
 
-def stages_with(detect_every: int | None = None, input_size: int | None = None,
-                threads: int | None = None, max_wait_ms: float | None = None) -> list[dict[str, Any]]:
+def stages_with(detect_every: int | None = None, input_size: int | None = None, threads: int | None = None,
+                max_wait_ms: float | None = None, bundle: str | None = None) -> list[dict[str, Any]]:
     """pipeline.toml's stages with the detector's ``detect_every``/``input_size``, the ONNX Runtime
-    threads and every stage's ``max_wait_ms`` overridden (None keeps pipeline.toml's value)."""
+    threads, every stage's ``max_wait_ms`` and the landmark bundle overridden (None keeps pipeline.toml's)."""
     stages = copy.deepcopy(default_stages())
     for st in stages:
+        if bundle is not None and st["type"] == "landmarks":
+            st["bundle"] = str(bundle)
         if max_wait_ms is not None:
             st["max_wait_ms"] = max_wait_ms
         if st["type"] == "centerface":
