@@ -270,3 +270,19 @@ def test_confidence_drop_asks_for_a_detection_and_keeps_the_track(bundle, detect
     assert [f.meta["detected"] for f in out] == [True, False, False, True, False, False]
     assert all(f.faces for f in out)
     assert out[2].faces[0].track_id == out[1].faces[0].track_id  # the dip kept its track
+
+
+def test_device_crop_path_matches_host_crops(bundle, detected_frames):
+    # the GPU path (crops made by the backend from whole frames), forced on torch CPU: same landmarks
+    pytest.importorskip("torch")
+    out = {}
+    for name, backend, device_crop in (("host", "onnxruntime", False), ("device", "torch", True)):
+        stage = make_stage(bundle, tracking=False) if backend == "onnxruntime" else LandmarkStage(
+            LandmarkStage.Options(bundle=str(bundle), backend="torch", device="cpu", tracking=False))
+        stage.start()
+        stage._device_crop = device_crop
+        frames = copy.deepcopy(detected_frames[:6])
+        stage.process(frames)
+        stage.close()
+        out[name] = np.stack([face.landmarks_2d for f in frames for face in f.faces])
+    np.testing.assert_allclose(out["device"], out["host"], atol=0.02)
