@@ -264,6 +264,8 @@ def train(cfg: TrainConfig, out: str | Path, resume: bool = False, stop_after: i
     m = cfg.model
     train_ds = FaceCrops(train_refs, m.img_size, m.k0(), m.mean, m.std, cfg.data.augment, seed=tc.seed)
     val_ds = FaceCrops(val_refs, m.img_size, m.k0(), m.mean, m.std) if val_refs else None
+    # the same held-out samples cropped from their label landmarks, as the engine crops while tracking
+    val_lm_ds = FaceCrops(val_refs, m.img_size, m.k0(), m.mean, m.std, landmark_crops=True) if val_refs else None
     log.info("train samples %d, val samples %d, device %s", len(train_ds), len(val_refs), device)
 
     model = create_model(m).to(device)
@@ -301,9 +303,9 @@ def train(cfg: TrainConfig, out: str | Path, resume: bool = False, stop_after: i
         train_ds, batch_size=tc.batch_size, sampler=sampler, num_workers=cfg.data.num_workers,
         pin_memory=device.type == "cuda", persistent_workers=cfg.data.num_workers > 0,
     )
-    val_loader = (
-        DataLoader(val_ds, batch_size=tc.batch_size, shuffle=False, num_workers=cfg.data.num_workers)
-        if val_ds else None
+    val_loader, val_lm_loader = (
+        (DataLoader(ds, batch_size=tc.batch_size, shuffle=False, num_workers=cfg.data.num_workers) for ds in (val_ds, val_lm_ds))
+        if val_ds else (None, None)
     )
     writer = _summary_writer(out / "tb")
     data_hash = data_manifest_hash(cfg.data.train + cfg.data.val)
@@ -346,6 +348,8 @@ def train(cfg: TrainConfig, out: str | Path, resume: bool = False, stop_after: i
             writer.add_scalar("lr", sched.get_last_lr()[0], step)
         if val_loader is not None and (step % tc.val_every == 0 or step == tc.max_steps):
             val_figures = {"step": step, **validate(model, val_loader, device, tc.val_batches)}
+            lm = validate(model, val_lm_loader, device, tc.val_batches)
+            val_figures.update({f"{k}_lmcrop": lm[k] for k in ("mv_nme", "mf_nme") if k in lm})
             for k, v in val_figures.items():
                 writer.add_scalar(f"val/{k}", v, step)
             (out / "val.json").write_text(json.dumps(val_figures, indent=1))
