@@ -1,4 +1,5 @@
-"""Command line: ``python -m engine run|validate|plugins|subscribe|batch`` (also the ``facelift-engine`` script).
+"""Command line: ``python -m engine run|serve|streams|validate|plugins|subscribe|keys|batch`` (also the
+``facelift-engine`` script).
 
 Exit codes: 0 success: every input processed (also after SIGINT/SIGTERM asked a run to stop); 1 a
 plugin failed to start or a run ended abnormally; 2 invalid configuration or arguments; 3 some inputs
@@ -157,6 +158,146 @@ def cmd_run(args: argparse.Namespace) -> int:
     return code
 
 
+def cmd_serve(args: argparse.Namespace) -> int:
+    from engine.checks import check_pipeline
+    from engine.metrics import format_summary
+    from engine.runtime import EXIT_FATAL, EXIT_OK, Pipeline, PipelineStartError
+    from engine.service import ApiServer, InsecureAddress, parse_address, read_token
+
+    try:
+        config = load_config(args.config, require_sources=False)
+        errors, _ = check_pipeline(config)
+        if errors:
+            raise ConfigError(errors, str(args.config))
+    except ConfigError as exc:
+        print(str(exc), file=sys.stderr)
+        return 2
+    try:
+        host, port = parse_address(args.api)
+        token = read_token(args.token_file) if args.token_file else None
+    except (ValueError, OSError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    setup_logging(args.log_level or config.pipeline.log_level)
+    pipeline = Pipeline(config, serve=True)
+    try:
+        api = ApiServer(pipeline, host, port, token, args.allow_insecure)
+    except InsecureAddress as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:  # port in use, address not on this machine
+        print(f"error: --api {args.api}: {exc.strerror or exc}", file=sys.stderr)
+        return 1
+    api.start()
+    try:
+        summary = pipeline.run()
+    except PipelineStartError as exc:
+        log.error("%s", exc)
+        return 1
+    finally:
+        api.stop()
+    print(format_summary(summary))
+    if args.summary_json:
+        Path(args.summary_json).write_text(json.dumps(summary, indent=2))
+    # a service's inputs come and go: one that failed is reported in its status, not in the exit code
+    return EXIT_FATAL if summary.get("fatal") else EXIT_OK
+
+
+def _api_request(args: argparse.Namespace, method: str, path: str, body: Any = None) -> tuple[int, Any]:
+    """(HTTP status, decoded JSON) of one control API call; raises ``OSError`` when nothing answers."""
+    import urllib.error
+    import urllib.request
+
+    base = args.api if "://" in args.api else f"http://{args.api}"
+    headers = {"Accept": "application/json"}
+    if args.token_file:
+        headers["Authorization"] = f"Bearer {Path(args.token_file).read_text(encoding='utf-8').strip()}"
+    data = None
+    if body is not None:
+        data, headers["Content-Type"] = json.dumps(body).encode(), "application/json"
+    request = urllib.request.Request(base.rstrip("/") + path, data=data, method=method, headers=headers)
+    try:
+        with urllib.request.urlopen(request, timeout=args.timeout) as response:
+            return response.status, json.loads(response.read() or b"null")
+    except urllib.error.HTTPError as exc:  # 4xx/5xx: the API's JSON error
+        raw = exc.read()
+        try:
+            return exc.code, json.loads(raw)
+        except ValueError:
+            return exc.code, {"detail": raw.decode(errors="replace").strip() or exc.reason}
+
+
+def _option_value(text: str) -> Any:
+    """``key=value`` values are TOML values (``10``, ``true``, ``"a b"``, ``{k = "v"}``); anything else is a string."""
+    import tomllib
+
+    try:
+        return tomllib.loads(f"v = {text}")["v"]
+    except tomllib.TOMLDecodeError:
+        return text
+
+
+def format_streams(streams: list[dict[str, Any]]) -> str:
+    rows = [("ID", "STATE", "FRAMES", "FACES", "DROPS", "ERRORS", "FPS", "URI")]
+    for s in streams:
+        rows.append((s["id"], s["state"], str(s["frames"]), str(s["faces"]), str(s["drops"]), str(s["errors"]),
+                     f"{s['fps']:.1f}", s.get("uri") or "-"))
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]) - 1)]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)) + "  " + r[-1] for r in rows]
+    lines += [f"{s['id']}: last error: {s['last_error']}" for s in streams if s.get("last_error")]
+    return "\n".join(lines)
+
+
+def cmd_streams(args: argparse.Namespace) -> int:
+    from urllib.parse import quote
+
+    if args.action == "add" and not args.json and not (args.id and args.type):
+        print("error: streams add: give ID TYPE [KEY=VALUE ...] or --spec JSON", file=sys.stderr)
+        return 2
+    try:
+        if args.action == "add":
+            if args.json:
+                spec = json.loads(args.json)
+            else:
+                spec = {"type": args.type, "id": args.id}
+                for item in args.options:
+                    key, sep, value = item.partition("=")
+                    if not sep or not key:
+                        print(f"error: {item!r}: expected KEY=VALUE (e.g. path=clip.mp4)", file=sys.stderr)
+                        return 2
+                    spec[key] = _option_value(value)
+            code, reply = _api_request(args, "POST", "/streams", spec)
+        elif args.action == "rm":
+            code, reply = _api_request(args, "DELETE", f"/streams/{quote(args.id, safe='')}?wait_s={args.wait}")
+        else:
+            code, reply = _api_request(args, "GET", "/streams")
+    except ValueError as exc:  # --json that is not JSON
+        print(f"error: --json: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:  # nothing listening, token file missing
+        reason = getattr(exc, "reason", None) or exc.strerror or exc
+        print(f"error: no answer from the control API at {args.api} ({reason}); is 'python -m engine serve' "
+              "running there (--api)?", file=sys.stderr)
+        return 1
+    if code >= 400:
+        detail = reply.get("errors") or [reply.get("detail")] if isinstance(reply, dict) else [reply]
+        for line in detail:
+            print(f"error: {line}", file=sys.stderr)
+        return 2 if code < 500 else 1
+    if args.json_out:
+        print(json.dumps(reply, indent=2))
+    elif args.action == "ls":
+        print(format_streams(reply) if reply else "no streams")
+    elif args.action == "add":
+        print(f"added {reply['id']} ({reply['state']})")
+    elif code == 202:
+        print(f"{reply['id']}: still stopping after {args.wait:g} s; it is removed once it has drained")
+    else:
+        print(f"removed {reply['id']}: {reply['frames']} frames, {reply['faces']} faces, {reply['drops']} dropped, "
+              f"{reply['errors']} errors ({reply['state']})")
+    return 0
+
+
 def cmd_subscribe(args: argparse.Namespace) -> int:
     from engine.client import Subscriber
     from engine.messages import EndOfStream, to_json_obj
@@ -277,6 +418,42 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--summary-json", metavar="PATH", help="also write the run summary as JSON")
     p.add_argument("--preview", metavar="DIR", type=Path, help="also save a few annotated frames per stream as PNG in DIR")
     p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("serve", help="run a pipeline as a service: streams are added and removed over an HTTP API",
+                       description="Run a pipeline that keeps running when its sources end (it may have none); "
+                       "streams are added and removed at run time through the control API (POST/GET /streams, "
+                       "DELETE /streams/ID, /healthz, /ready, /metrics) or 'python -m engine streams'. "
+                       "SIGINT/SIGTERM drain and stop.")
+    p.add_argument("config", type=Path, help="pipeline.toml ([[sources]] optional)")
+    p.add_argument("--api", default="127.0.0.1:8080", metavar="HOST:PORT",
+                   help="address of the control API (default 127.0.0.1:8080; another than loopback needs --token-file)")
+    p.add_argument("--token-file", metavar="FILE", help="bearer token that /streams requests must send")
+    p.add_argument("--allow-insecure", action="store_true",
+                   help="bind a non-loopback --api without a token (anyone reaching it controls the streams)")
+    p.add_argument("--log-level", choices=["DEBUG", "INFO", "WARNING", "ERROR"], help="override [pipeline].log_level")
+    p.add_argument("--summary-json", metavar="PATH", help="also write the summary at exit as JSON")
+    p.set_defaults(func=cmd_serve)
+
+    p = sub.add_parser("streams", help="add, remove and list the streams of a running 'serve' (control API client)")
+    actions = p.add_subparsers(dest="action", required=True)
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--api", default="127.0.0.1:8080", metavar="HOST:PORT", help="the serve --api address")
+    common.add_argument("--token-file", metavar="FILE", help="bearer token file (the serve --token-file)")
+    common.add_argument("--timeout", type=float, default=60.0, help="seconds to wait for the answer")
+    common.add_argument("--json", dest="json_out", action="store_true", help="print the API's JSON answer")
+    a = actions.add_parser("add", parents=[common], help="add a stream: ID TYPE KEY=VALUE... as in [[sources]]",
+                           description="Add a stream, e.g. 'streams add cam1 stream url=rtsp://10.0.0.5/live' or "
+                           "'streams add clip file path=/data/a.mp4 realtime=true'. Values are TOML values "
+                           "(numbers, true/false, quoted strings); anything else is a string.")
+    a.add_argument("id", nargs="?", help="stream id")
+    a.add_argument("type", nargs="?", help="source type: file, stream, webcam, ...")
+    a.add_argument("options", nargs="*", metavar="KEY=VALUE", help="the source's options")
+    a.add_argument("--spec", dest="json", metavar="JSON", help="the whole spec as JSON instead of ID TYPE KEY=VALUE")
+    r = actions.add_parser("rm", parents=[common], help="drain and remove a stream")
+    r.add_argument("id")
+    r.add_argument("--wait", type=float, default=30.0, help="seconds the API waits for the stream to drain")
+    actions.add_parser("ls", parents=[common], help="list streams with their state and counters")
+    p.set_defaults(func=cmd_streams)
 
     p = sub.add_parser("validate", help="check a pipeline.toml without running it")
     p.add_argument("config", type=Path)

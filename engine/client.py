@@ -79,6 +79,7 @@ class Subscriber:
         self.lost: dict[str, int] = {}  # frame messages the sink sent that never arrived here, as far as known
         self.ended: set[str] = set()  # streams whose end-of-stream message arrived
         self._sent: dict[str, int] = {}  # per stream: messages the sink had sent, as far as known
+        self._last_seq: dict[str, int] = {}  # per stream: the last seq received (a drop = a new stream, same id)
         self.socket = zmq.Context.instance().socket(zmq.SUB if kind == "sub" else zmq.PULL)
         self.socket.setsockopt(zmq.RCVHWM, hwm)
         self.socket.setsockopt(zmq.LINGER, 0)
@@ -114,6 +115,14 @@ class Subscriber:
             self.ended.add(sid)
             sent = msg.frames
         else:
+            last = self._last_seq.get(sid)
+            if sid in self.ended or (msg.seq is not None and last is not None and msg.seq <= last):
+                # a new stream with an ended one's id (a service re-adding a camera): counted afresh
+                self.ended.discard(sid)
+                for counts in (self.received, self.lost, self._sent):
+                    counts.pop(sid, None)
+            if msg.seq is not None:
+                self._last_seq[sid] = msg.seq
             self.received[sid] = self.received.get(sid, 0) + 1
             if msg.seq is None and sid not in self.ended:  # no counter (an older sink): known at the end
                 return

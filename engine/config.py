@@ -96,10 +96,10 @@ def _pydantic_errors(prefix: str, exc: ValidationError, model: type[BaseModel]) 
 
 def _plugin_spec(
     section: str, index: int, table: Any, plugins: dict[str, type[Plugin]], errors: list[str],
-    base_dir: str | Path | None,
+    base_dir: str | Path | None, path: str | None = None,
 ) -> PluginSpec | None:
     role = SECTIONS[section]
-    path = f"{section}[{index}]"
+    path = path or f"{section}[{index}]"
     if not isinstance(table, dict):
         errors.append(f"{path}: expected a table ([[{section}]]), got {type(table).__name__}")
         return None
@@ -133,11 +133,12 @@ def _plugin_spec(
 
 def parse_config(
     data: dict[str, Any], plugins: dict[str, type[Plugin]] | None = None, source: str = "pipeline config",
-    base_dir: str | Path | None = None,
+    base_dir: str | Path | None = None, require_sources: bool = True,
 ) -> PipelineConfig:
     """Validate a parsed TOML document. ``plugins`` defaults to the installed ones (entry points).
     ``base_dir``: the folder relative path options resolve against (``load_config``: the file's folder;
-    None leaves them relative to the working directory)."""
+    None leaves them relative to the working directory). ``require_sources=False`` (``serve``) accepts a
+    pipeline without ``[[sources]]``: streams are added at run time."""
     plugins = discover() if plugins is None else plugins
     errors: list[str] = []
     allowed_top = ["pipeline", *SECTIONS]
@@ -165,14 +166,29 @@ def parse_config(
         if spec.id in seen:
             errors.append(f"{spec.path}.id: duplicate source id {spec.id!r} (also {seen[spec.id]}.id)")
         seen[spec.id] = spec.path
-    if not data.get("sources"):
+    if require_sources and not data.get("sources"):
         errors.append("sources: at least one [[sources]] table is required")
     if errors:
         raise ConfigError(errors, source)
     return config
 
 
-def load_config(path: str | Path, plugins: dict[str, type[Plugin]] | None = None) -> PipelineConfig:
+def parse_source(
+    table: Any, plugins: dict[str, type[Plugin]] | None = None, base_dir: str | Path | None = None,
+    source: str = "stream spec",
+) -> PluginSpec:
+    """One source spec exactly as a ``[[sources]]`` table (``type``, ``id``, options), validated by the same
+    plugin options; errors name the key as ``source.<key>``. Used to add streams at run time."""
+    errors: list[str] = []
+    spec = _plugin_spec("sources", 0, table, discover() if plugins is None else plugins, errors, base_dir, "source")
+    if errors or spec is None:
+        raise ConfigError(errors, source)
+    return spec
+
+
+def load_config(
+    path: str | Path, plugins: dict[str, type[Plugin]] | None = None, require_sources: bool = True
+) -> PipelineConfig:
     """Read and validate ``pipeline.toml``; raises :class:`ConfigError` listing every problem."""
     path = Path(path)
     try:
@@ -189,6 +205,7 @@ def load_config(path: str | Path, plugins: dict[str, type[Plugin]] | None = None
         raise ConfigError([f"cannot read {path}: {exc.strerror or exc}"], str(path)) from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError([f"not valid TOML: {exc}"], str(path)) from None
-    config = parse_config(data, plugins, source=str(path), base_dir=path.resolve().parent)
+    config = parse_config(data, plugins, source=str(path), base_dir=path.resolve().parent,
+                          require_sources=require_sources)
     config.path = path
     return config

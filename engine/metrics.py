@@ -28,6 +28,7 @@ from prometheus_client.exposition import choose_encoder
 log = logging.getLogger(__name__)
 
 LATENCY_KEEP = 100_000  # per-frame latencies kept for the run summary's percentiles
+FPS_KEEP, FPS_WINDOW_S = 256, 5.0  # a stream's current fps: its deliveries in the last 5 s (at most 256)
 
 
 @dataclass
@@ -39,6 +40,9 @@ class StreamStats:
     total_frames: int | None = None  # known length (file sources), for progress
     ended: bool = False
     events: dict[str, int] = field(default_factory=dict)  # source/sink counters: decode_errors, reconnects, ...
+    last_error: str | None = None  # the last stage/sink failure on this stream's frames
+    # delivery times (monotonic) of the last frames, for the current fps a service reports
+    recent: deque = field(default_factory=lambda: deque(maxlen=FPS_KEEP))
 
 
 @dataclass
@@ -106,6 +110,7 @@ class Metrics:
         self.stages: dict[str, StageStats] = {}
         self.queue_depth: dict[str, Callable[[], int]] = {}  # stage name -> callable giving its input depth
         self.source_errors: dict[str, list[str]] = {}
+        self.removed_streams = self.removed_frames = 0  # streams a service removed (their frames still count)
         self.started = time.monotonic()
         self.finished: float | None = None
         self._window_start = self.started
@@ -184,15 +189,18 @@ class Metrics:
         for s in seconds:
             hist.observe(s)
 
-    def stream_errors(self, stream_id: str, n: int = 1) -> None:
+    def stream_errors(self, stream_id: str, n: int = 1, message: str | None = None) -> None:
         with self._lock:
-            self.streams[stream_id].errors += n
+            st = self.streams[stream_id]
+            st.errors += n
+            st.last_error = message or st.last_error
 
     def delivered(self, stream_id: str, faces: int, latency_s: float) -> None:
         with self._lock:
             st = self.streams[stream_id]
             st.frames += 1
             st.faces += faces
+            st.recent.append(time.monotonic())
             self._window_e2e_ms.append(latency_s * 1000.0)
             self._e2e_ms.append(latency_s * 1000.0)
         self._p_e2e.labels(self.pipeline).observe(latency_s)
@@ -224,6 +232,37 @@ class Metrics:
     def stream_ended(self, stream_id: str) -> None:
         with self._lock:
             self.streams[stream_id].ended = True
+
+    def remove_stream(self, stream_id: str) -> None:
+        """Forget a stream that was removed from a running service: its counters here and its Prometheus
+        series (every metric with a ``stream`` label), so neither grows with the streams that come and go."""
+        with self._lock:
+            st = self.streams.pop(stream_id, None)
+            if st is None:
+                return
+            self.removed_streams += 1
+            self.removed_frames += st.frames
+
+        series = [(m, (self.pipeline, stream_id)) for m in (self._p_out, self._p_faces, self._p_drops)]
+        series += [(self._p_events, (self.pipeline, stream_id, event)) for event in st.events]
+        for metric, labels in series:
+            try:
+                metric.remove(*labels)
+            except KeyError:  # never incremented (e.g. no drops): no series to remove
+                pass
+
+    def stream_status(self, stream_id: str) -> dict[str, Any]:
+        """One stream's counters now, with its current fps (deliveries over the last few seconds)."""
+        now = time.monotonic()
+        with self._lock:
+            st = self.streams.get(stream_id)
+            if st is None:
+                return {"frames": 0, "faces": 0, "drops": 0, "errors": 0, "fps": 0.0, "last_error": None, "events": {}}
+            recent = [t for t in st.recent if now - t <= FPS_WINDOW_S]
+            span = min(FPS_WINDOW_S, now - recent[0]) if recent else 0.0
+            return {"frames": st.frames, "faces": st.faces, "drops": st.drops, "errors": st.errors,
+                    "fps": round(len(recent) / span, 2) if span > 0.5 else 0.0, "last_error": st.last_error,
+                    "events": dict(st.events), "total_frames": st.total_frames}
 
     # ------------------------------------------------------------ reporting
 
@@ -275,7 +314,8 @@ class Metrics:
                 for name, s in self.stages.items()
             }
             e2e = _percentiles(self._e2e_ms)
-        frames = sum(s["frames"] for s in streams.values())
+        frames = sum(s["frames"] for s in streams.values()) + self.removed_frames
+        removed = {"removed_streams": self.removed_streams} if self.removed_streams else {}
         return {
             "pipeline": self.pipeline,
             "wall_time_s": round(wall, 3),
@@ -285,6 +325,7 @@ class Metrics:
             "stages": stages,
             "latency_ms": e2e,  # decode -> sinks, per frame
             "source_errors": {k: v for k, v in self.source_errors.items() if v},
+            **removed,
         }
 
     def close(self) -> None:
@@ -307,7 +348,8 @@ def format_summary(summary: dict[str, Any]) -> str:
     """Human-readable run summary (what ``python -m engine run`` prints)."""
     lines = [
         f"pipeline {summary['pipeline']}: {summary['frames']} frames in {summary['wall_time_s']:.2f} s "
-        f"({summary['fps']:.1f} fps)"
+        f"({summary['fps']:.1f} fps)" + (f", {summary['removed_streams']} stream(s) removed on the way"
+                                         if summary.get("removed_streams") else "")
     ]
     for sid, s in summary["streams"].items():
         events = "".join(f", {v} {k.replace('_', ' ')}" for k, v in s.items()

@@ -88,6 +88,8 @@ class Source(Plugin):
     """
 
     live: bool = False
+    # True while a live source waits to reopen an input it lost or could not open (service status)
+    reconnecting: bool = False
 
     def __init__(self, options: PluginOptions, source_id: str):
         super().__init__(options)
@@ -121,6 +123,11 @@ class Stage(Plugin):
     def process(self, frames: list[Frame]) -> list[Frame]:
         raise NotImplementedError
 
+    def end_of_stream(self, stream_id: str) -> None:
+        """Called once a stream's last frame has been through ``process`` (it ended, failed or was removed):
+        release what the stage keeps for it (trackers, counters). No frame of that stream follows, until
+        a new stream with the same id starts from scratch."""
+
 
 class Sink(Plugin):
     """Consumes processed frames (ZeroMQ, files, video overlay). ``close`` flushes.
@@ -137,7 +144,8 @@ class Sink(Plugin):
         raise NotImplementedError
 
     def end_of_stream(self, stream_id: str) -> None:
-        """Called when one stream has delivered its last frame (e.g. to close its file)."""
+        """Called when one stream has delivered its last frame (it ended, failed or was removed): send its
+        end-of-stream message, close its file, and release what the sink keeps for it."""
 
     @classmethod
     def check_streams(cls, options: PluginOptions, stream_ids: list[str]) -> list[str]:

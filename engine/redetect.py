@@ -33,6 +33,12 @@ def take(stream_id: str) -> bool:
         return False
 
 
+def forget(stream_id: str) -> None:
+    """Drop a pending request of a stream that ended (its id may be used again by a new stream)."""
+    with _lock:
+        _pending.discard(stream_id)
+
+
 def pending() -> set[str]:
     """Streams with a pending request (for tests and logs)."""
     with _lock:

@@ -259,6 +259,10 @@ class CenterFaceDetector(Stage):
             ]
         return frames
 
+    def end_of_stream(self, stream_id: str) -> None:
+        self._since_detection.pop(stream_id, None)
+        redetect.forget(stream_id)
+
     def _should_detect(self, frame: Frame) -> bool:
         """Every ``detect_every``-th frame of a stream, its first frame, and when a later stage asked."""
         every = self.options.detect_every

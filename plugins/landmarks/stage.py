@@ -288,6 +288,11 @@ class LandmarkStage(Stage):
             st = self.streams[stream_id] = _StreamState(IoUTracker(o.iou_threshold, o.max_age), smoother)
         return st
 
+    def end_of_stream(self, stream_id: str) -> None:
+        # also for streams that stopped or were removed without an end_of_stream frame
+        self.streams.pop(stream_id, None)
+        redetect.forget(stream_id)  # a request this stage made for its last frames
+
     def _dependent(self, frames: list[Frame]) -> bool:
         """Does a frame's crop depend on the previous frame's result (so frames must go in waves)?"""
         o = self.options

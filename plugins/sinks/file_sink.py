@@ -114,13 +114,15 @@ class FileSink(Sink):
 
     def end_of_stream(self, stream_id: str) -> None:
         if stream_id in self.refused:
+            self.refused.discard(stream_id)  # a later stream with this id is checked afresh
             return
-        self._write_obj(stream_id, eos_obj(stream_id, self.counts.get(stream_id, 0), self.counts_of(stream_id)))
+        self._write_obj(stream_id, eos_obj(stream_id, self.counts.pop(stream_id, 0), self.counts_of(stream_id)))
         f = self.files.pop(stream_id)
         f.flush()
         os.fsync(f.fileno())
         f.close()
         path = self.path_for(stream_id)
+        self._owner.pop(path, None)  # the file is complete; nothing is kept per ended stream
         os.replace(path.with_name(path.name + PARTIAL_SUFFIX), path)  # complete: now at its final name
 
     def close(self) -> None:

@@ -157,6 +157,13 @@ class _ZmqSink(Sink):
             self.sent[frame.stream_id] += 1
 
     def end_of_stream(self, stream_id: str) -> None:
+        try:
+            self._send_eos(stream_id)
+        finally:  # nothing kept per ended stream; a new stream with this id counts (seq) from 0
+            self.sent.pop(stream_id, None)
+            self.dropped_by_stream.pop(stream_id, None)
+
+    def _send_eos(self, stream_id: str) -> None:
         payload = encode_eos(stream_id, self.sent.get(stream_id, 0), self.counts_of(stream_id),
                              self.dropped_by_stream.get(stream_id, 0))
         if not self._send_waiting([stream_id.encode(), payload], self.options.eos_timeout_ms / 1000.0):
@@ -210,11 +217,11 @@ class ZmqPubSink(_ZmqSink):
         self._drop(stream_id, "a subscriber's queue is at the high-water mark (drop_policy = 'all')")
         return False
 
-    def end_of_stream(self, stream_id: str) -> None:
+    def _send_eos(self, stream_id: str) -> None:
         # The marker is what lets each subscriber count its losses, so it waits for room at every
         # subscriber (NODROP) whatever the policy.
         if self.options.drop_policy == "all":
-            return super().end_of_stream(stream_id)
+            return super()._send_eos(stream_id)
         payload = encode_eos(stream_id, self.sent.get(stream_id, 0), self.counts_of(stream_id),
                              self.dropped_by_stream.get(stream_id, 0))
         self.socket.setsockopt(zmq.XPUB_NODROP, 1)

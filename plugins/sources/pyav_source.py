@@ -343,6 +343,7 @@ class _LiveSource(Source):
                                 if stop_event.is_set():
                                     return
                                 got_frames = True
+                                self.reconnecting = False
                                 frame = _to_frame(vf, self.source_id, index, meta)
                                 if frame.pts is not None:
                                     if pts_offset is None:  # never let pts jump back after a reconnect
@@ -367,8 +368,10 @@ class _LiveSource(Source):
                 message = f"{self.name} {self.source_id!r}: {uri} {reason}; gave up after {failures} failed attempts"
                 log.error(message)
                 self.errors.append(message)
+                self.reconnecting = False
                 return
             log.warning("%s %r: %s %s; reconnecting in %.1f s", self.name, self.source_id, uri, reason, delay)
+            self.reconnecting = True  # until the next frame (service status)
             stop_event.wait(delay)  # wakes at once on stop
             delay = min(delay * 2, max_delay)
 

@@ -2,7 +2,8 @@
 
 For pipelines without the landmark stage (which runs its own tracker and smoother per stream): put it
 after ``centerface``. One :class:`IoUTracker` per stream id; a stream's tracker is dropped after the
-stream's last frame (``meta["end_of_stream"]``) so long runs over many files do not accumulate state.
+stream's last frame (``meta["end_of_stream"]``, or :meth:`end_of_stream` for a stream that stopped or was
+removed) so long runs over many files and streams do not accumulate state.
 """
 
 from __future__ import annotations
@@ -60,3 +61,6 @@ class TrackerStage(Stage):
             if frame.meta.get("end_of_stream"):
                 del self.trackers[frame.stream_id]
         return frames
+
+    def end_of_stream(self, stream_id: str) -> None:
+        self.trackers.pop(stream_id, None)
