@@ -35,7 +35,7 @@ from pathlib import Path
 
 import numpy as np
 
-import plugins.landmarks.stage as stage_module
+import plugins.landmarks.model as model_module
 from engine.assets import shared_asset
 from engine.bundle import Bundle
 from plugins.detectors.centerface import CenterFaceDetector
@@ -105,11 +105,10 @@ def run_stage(frames: list, threads: int | None, bundle: str | None = None
     frames = copy.deepcopy(frames)
     stage.process(frames[:BATCH])
     timers = Timers()
-    timers.wrap(stage_module, "crop_face", "crop")
+    timers.wrap(model_module, "crop_face", "crop")
     timers.wrap(Bundle, "preprocess", "preprocess")  # before the fused preprocess
     timers.wrap(stage.backend, "infer", "model")
-    for name in ("fill_faces", "fill_face"):
-        timers.wrap(stage_module, name, "un-crop + pose")
+    timers.wrap(model_module, "uncrop", "un-crop + pose")
     for name in ("update", "refresh", "predict", "mark_lost"):
         timers.wrap(IoUTracker, name, "tracker")
     for name in ("apply_all", "apply"):
@@ -132,7 +131,7 @@ def model_alone(stage: LandmarkStage, frames: list, reps: int = 100) -> float:
     face = next(f for f in frames if f.faces).faces[0]
     from engine.crop import crop_matrix, roi_from_box
 
-    crop = stage_module.crop_face(frames[0].image, crop_matrix(roi_from_box(face.box), S), S)
+    crop = model_module.crop_face(frames[0].image, crop_matrix(roi_from_box(face.box), S), S)
     x = stage.bundle.preprocess(crop[None])
     for _ in range(5):
         stage.backend.infer(x)

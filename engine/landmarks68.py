@@ -54,3 +54,15 @@ def region_of(index: int) -> str:
         if sl.start <= index < sl.stop:
             return name
     raise IndexError(index)
+
+
+# 5 CenterFace-style keypoints from 68 iBUG points (subject's right eye, left eye, nose tip, mouth corners)
+_EYE_R, _EYE_L, _NOSE, _MOUTH_R, _MOUTH_L = slice(36, 42), slice(42, 48), 30, 48, 54
+
+
+def keypoints_from_landmarks(lm: np.ndarray) -> np.ndarray:
+    """(..., 68, 2) -> (..., 5, 2) in CenterFace order (subject's right eye, left eye, nose, right/left mouth)."""
+    lm = np.asarray(lm)
+    parts = [lm[..., _EYE_R, :].mean(-2), lm[..., _EYE_L, :].mean(-2), lm[..., _NOSE, :], lm[..., _MOUTH_R, :],
+             lm[..., _MOUTH_L, :]]
+    return np.stack(parts, axis=-2).astype(np.float32)

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from plugins.sources.pyav_source import VIDEO_EXTENSIONS
+from engine.video import VIDEO_EXTENSIONS
 
 log = logging.getLogger(__name__)
 

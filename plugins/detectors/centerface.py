@@ -133,6 +133,8 @@ class CenterFace:
     def detect(self, image_rgb: np.ndarray) -> Detections:
         return self.detect_batch([image_rgb])[0]
 
+    __call__ = detect  # detector(image_rgb), as in supervision / MediaPipe
+
     def detect_batch(self, images: Sequence[np.ndarray]) -> list[Detections]:
         """Detect on several HxWx3 uint8 RGB images; one network run per distinct letterbox shape
         (video frames of one size share one run), so results do not depend on batch composition."""

@@ -2,9 +2,8 @@
 
 Every source yields :class:`engine.frame.Frame` objects with a per-stream 0-based ``index``, ``pts`` in
 seconds (``None`` when the container has none), ``time`` = ``time.time()`` at decode and an HxWx3 uint8
-RGB ``image``, turned upright by the stream's display matrix (the rotation metadata of phone video, as
-FFmpeg's autorotate does). ``meta`` carries ``source_uri``, ``total_frames`` when the container knows it, and
-``end_of_stream=True`` on the last frame of a stream (the file source decodes one frame ahead to know).
+RGB ``image``, turned upright by the stream's display matrix (engine/video.py: the one decode core).
+``meta`` carries ``source_uri``, ``total_frames`` when the container knows it, and ``end_of_stream=True`` on the last frame of a stream (the file source decodes one frame ahead to know).
 """
 
 from __future__ import annotations
@@ -21,82 +20,23 @@ from typing import Any, Literal
 from urllib.parse import urlsplit
 
 import av
-import av.sidedata.sidedata
-import numpy as np
 from pydantic import Field, field_validator
 
 from engine.frame import Frame
 from engine.plugin import PluginOptions, Source, path_option
+from engine.video import DECODE_ERRORS, VIDEO_EXTENSIONS, open_video, rgb, upright
+
+__all__ = ["VIDEO_EXTENSIONS", "FileSource", "StreamSource", "WebcamSource", "upright"]  # upright: tests import it here
 
 log = logging.getLogger(__name__)
 
-VIDEO_EXTENSIONS = frozenset(
-    ".mp4 .m4v .mov .mkv .webm .avi .ts .m2ts .mts .flv .mpg .mpeg .wmv .3gp .ogv .y4m .h264 .h265 .hevc".split()
-)
 STREAM_SCHEMES = ("rtsp", "rtsps", "rtmp", "rtmps", "http", "https", "udp", "tcp", "srt")
-
-# What PyAV raises for unreadable input: FFmpegError subclasses (InvalidDataError is also a ValueError)
-# plus OSError for missing/unreadable files.
-_DECODE_ERRORS = (av.FFmpegError, OSError, ValueError)
 MAX_BAD_PACKETS_IN_A_ROW = 100  # after this many damaged packets in a row the rest of a file is skipped
 
 
-def _open_video(uri: str, **kwargs: Any) -> tuple[av.container.InputContainer, av.VideoStream]:
-    container = av.open(uri, **kwargs)
-    try:
-        if not container.streams.video:
-            raise ValueError("no video stream in the container")
-        stream = container.streams.video[0]
-        stream.thread_type = "AUTO"  # frame + slice threads: decoding is the source thread's whole job
-        return container, stream
-    except BaseException:
-        container.close()
-        raise
-
-
-_odd_rotation_logged: set[str] = set()  # streams whose display matrix is not a right angle (logged once)
-
-
-def _display_matrix(vf: av.VideoFrame) -> np.ndarray | None:
-    """The frame's display matrix (9 int32, FFmpeg layout), from the container's rotation / ``rotate``
-    metadata (phone video), or None."""
-    for sd in vf.side_data:
-        if sd.type == av.sidedata.sidedata.Type.DISPLAYMATRIX:
-            m = np.frombuffer(bytes(sd), "<i4")
-            return m if m.size == 9 else None
-    return None
-
-
-def upright(image: np.ndarray, matrix: np.ndarray | None, stream_id: str = "") -> np.ndarray:
-    """``image`` as it is meant to be displayed: the display matrix maps a decoded pixel (x, y) to
-    (a x + c y, b x + d y) (+ an offset), so the 8 right-angle orientations (rotations by 90 degrees,
-    with or without a mirror) are a transpose and/or flips, as FFmpeg's autorotate does. Other angles
-    are left as decoded (logged once)."""
-    if matrix is None:
-        return image
-    a, b, c, d = int(matrix[0]), int(matrix[1]), int(matrix[3]), int(matrix[4])
-    if a == 0 and d == 0 and b and c:  # x' = c y, y' = b x: rows and columns swap
-        out = image.transpose(1, 0, 2)
-        out = out[::-1] if b < 0 else out
-        out = out[:, ::-1] if c < 0 else out
-    elif b == 0 and c == 0 and a and d:
-        if a > 0 and d > 0:
-            return image  # identity
-        out = image[:, ::-1] if a < 0 else image
-        out = out[::-1] if d < 0 else out
-    else:
-        if stream_id not in _odd_rotation_logged:
-            _odd_rotation_logged.add(stream_id)
-            log.warning("%s: display matrix %s is not a multiple of 90 degrees; frames are used as decoded",
-                        stream_id, matrix.tolist())
-        return image
-    return np.ascontiguousarray(out)
-
-
 def _to_frame(vf: av.VideoFrame, stream_id: str, index: int, meta: dict[str, Any]) -> Frame:
-    # upright like every player shows it: a phone's portrait clip is stored sideways with a rotation
-    image = upright(vf.to_ndarray(format="rgb24"), _display_matrix(vf), stream_id)
-    return Frame(stream_id=stream_id, index=index, pts=vf.time, time=time.time(), image=image, meta=dict(meta))
+    return Frame(stream_id=stream_id, index=index, pts=vf.time, time=time.time(), image=rgb(vf, stream_id),
+                 meta=dict(meta))
 
 
 def _describe(exc: BaseException) -> str:
@@ -198,8 +138,8 @@ class FileSource(Source):
         max_frames = self.options.max_frames
         while not stop_event.is_set():
             try:
-                container, stream = _open_video(str(path))
-            except _DECODE_ERRORS as exc:
+                container, stream = open_video(str(path))
+            except DECODE_ERRORS as exc:
                 self._error(f"{path}: cannot open ({_describe(exc)}); skipped")
                 break
             meta: dict[str, Any] = {"source_uri": str(path)}
@@ -214,7 +154,7 @@ class FileSource(Source):
                         try:
                             decoded_frames = packet.decode()
                             bad_run = 0
-                        except _DECODE_ERRORS as exc:
+                        except DECODE_ERRORS as exc:
                             # damage inside the file: skip this packet, count it, go on (as GStreamer's
                             # max-errors and FFmpeg's default error concealment do)
                             skipped, bad_run = skipped + 1, bad_run + 1
@@ -243,7 +183,7 @@ class FileSource(Source):
                                 break
                         if max_frames is not None and index >= max_frames:
                             break
-            except _DECODE_ERRORS as exc:
+            except DECODE_ERRORS as exc:
                 self._error(f"{path}: decoding failed after {decoded} frames ({_describe(exc)}); rest skipped")
                 break
             if skipped:
@@ -318,8 +258,8 @@ class _LiveSource(Source):
             got_frames = False
             reason = "ended"
             try:
-                container, stream = _open_video(uri, **self._open_kwargs())
-            except _DECODE_ERRORS as exc:
+                container, stream = open_video(uri, **self._open_kwargs())
+            except DECODE_ERRORS as exc:
                 reason = f"cannot open ({_describe(exc)})"
             else:
                 connections += 1
@@ -335,7 +275,7 @@ class _LiveSource(Source):
                         for packet in container.demux(stream):
                             try:
                                 decoded = packet.decode()
-                            except _DECODE_ERRORS as exc:  # a damaged packet: skip and count it, go on
+                            except DECODE_ERRORS as exc:  # a damaged packet: skip and count it, go on
                                 self.count(self.source_id, "decode_errors")
                                 log.debug("%s %r: damaged packet skipped (%s)", self.name, self.source_id, _describe(exc))
                                 continue
@@ -354,7 +294,7 @@ class _LiveSource(Source):
                                 index += 1
                                 if max_frames is not None and index >= max_frames:
                                     return
-                except _DECODE_ERRORS as exc:
+                except DECODE_ERRORS as exc:
                     reason = f"lost ({_describe(exc)})"
                 if got_frames and not stop_event.is_set():
                     self.count(self.source_id, "outages")

@@ -1,5 +1,8 @@
-"""Face tracking and temporal smoothing: per-stream IoU tracker, One-Euro filters, the ``tracker`` stage."""
+"""Face tracking and temporal smoothing, as parts stages compose (:class:`FaceTracker`, :class:`FaceSmoother`,
+one ``update`` each), the IoU tracker and One-Euro filters under them, and the ``tracker`` stage."""
 
+from engine.geometry import orthonormalize  # re-exported (it lived here)
+from plugins.trackers.face_tracker import FaceTracker
 from plugins.trackers.iou_tracker import IoUTracker, Track, box_iou, landmark_similarity
 from plugins.trackers.one_euro import (
     FaceSmoother,
@@ -7,11 +10,11 @@ from plugins.trackers.one_euro import (
     OneEuroParams,
     RotationFilter,
     frame_timestamp,
-    orthonormalize,
 )
 
 __all__ = [
     "FaceSmoother",
+    "FaceTracker",
     "IoUTracker",
     "OneEuroFilter",
     "OneEuroParams",

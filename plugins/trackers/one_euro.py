@@ -23,8 +23,9 @@ from dataclasses import dataclass
 import numpy as np
 
 from engine.frame import Face, Frame
-from engine.geometry import euler_from_rotation
+from engine.geometry import euler_from_rotation, orthonormalize, visibility_mask, visibility_thresholds
 
+_VISIBLE_THRESHOLDS = visibility_thresholds()
 DEFAULT_FACE_SIZE_CM = 15.0  # when no 3D landmarks give the face's size (brow-to-chin ~ ear-to-ear)
 
 
@@ -112,15 +113,6 @@ def _step_many(filters: list[OneEuroFilter], x: np.ndarray, t: float, scale: np.
     for i, f in enumerate(filters):
         f._x, f._dx, f._t = out[i], dx[i], float(t)
     return out
-
-
-def orthonormalize(m: np.ndarray) -> np.ndarray:
-    """Nearest rotation matrix (Frobenius) to (..., 3, 3) matrices: SVD, with the determinant forced to +1."""
-    u, _, vt = np.linalg.svd(np.asarray(m, np.float64))
-    d = np.sign(np.linalg.det(u @ vt))
-    u = u.copy()
-    u[..., :, 2] *= np.where(d == 0, 1.0, d)[..., None]  # u @ diag(1, 1, d) without the matrix
-    return u @ vt
 
 
 class RotationFilter:
@@ -242,6 +234,22 @@ class FaceSmoother:
         for i, (face, _) in enumerate(batch):
             face.landmarks_2d, face.landmarks_3d, face.translation = lm2[i], lm3[i], trans[i]
             face.rotation, face.euler = rot32[i], euler[i]
+        return faces
+
+    def update(self, faces: list[Face], t: float, live_ids: Iterable[int], normals: np.ndarray | None = None
+               ) -> list[Face]:
+        """One frame: smooth ``faces`` (:meth:`apply_all`), keep ``landmarks_3d = R @ L + t`` (the canonical
+        shape follows the smoothed 3D points) and, given the bundle's ``normals``, the occlusion mask of the
+        smoothed rotation; then free the filters of tracks not in ``live_ids``."""
+        self.apply_all(faces, t)
+        if faces and normals is not None:
+            R = np.stack([f.rotation for f in faces])
+            tr = np.stack([f.translation for f in faces])
+            canonical = ((np.stack([f.landmarks_3d for f in faces]) - tr[:, None]) @ R).astype(np.float32)
+            visibility = visibility_mask(R, normals, _VISIBLE_THRESHOLDS)
+            for i, face in enumerate(faces):
+                face.landmarks_canonical, face.visibility = canonical[i], visibility[i]
+        self.retain(live_ids)
         return faces
 
     def forget(self, track_id: int) -> None:

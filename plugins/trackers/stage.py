@@ -1,20 +1,19 @@
 """``tracker`` stage: gives every detected face a ``track_id`` that is stable over a stream's frames.
 
 For pipelines without the landmark stage (which runs its own tracker and smoother per stream): put it
-after ``centerface``. One :class:`IoUTracker` per stream id; a stream's tracker is dropped after the
+after ``centerface``. One :class:`~plugins.trackers.face_tracker.FaceTracker` per stream id (the part the
+landmark stage composes too); a stream's tracker is dropped after the
 stream's last frame (``meta["end_of_stream"]``, or :meth:`end_of_stream` for a stream that stopped or was
 removed) so long runs over many files and streams do not accumulate state.
 """
 
 from __future__ import annotations
 
-import numpy as np
 from pydantic import Field
 
 from engine.frame import Frame
-from engine.landmarks68 import NUM_LANDMARKS
 from engine.plugin import PluginOptions, Stage
-from plugins.trackers.iou_tracker import IoUTracker
+from plugins.trackers.face_tracker import FaceTracker
 
 
 class TrackerStage(Stage):
@@ -35,29 +34,19 @@ class TrackerStage(Stage):
 
     def __init__(self, options: Options):
         super().__init__(options)
-        self.trackers: dict[str, IoUTracker] = {}
+        self.trackers: dict[str, FaceTracker] = {}
 
-    def tracker_for(self, stream_id: str) -> IoUTracker:
+    def tracker_for(self, stream_id: str) -> FaceTracker:
         tracker = self.trackers.get(stream_id)
         if tracker is None:
             o = self.options
-            tracker = self.trackers[stream_id] = IoUTracker(o.iou_threshold, o.max_age, o.use_landmarks)
+            tracker = self.trackers[stream_id] = FaceTracker(o.iou_threshold, o.max_age, o.use_landmarks)
         return tracker
 
     def process(self, frames: list[Frame]) -> list[Frame]:
         for frame in frames:
-            tracker = self.tracker_for(frame.stream_id)
-            faces = frame.faces
-            boxes = np.array([f.box for f in faces], np.float32).reshape(-1, 4)
-            scores = np.array([f.score for f in faces], np.float32)
-            landmarks = None
-            if faces and any(f.landmarks_2d is not None for f in faces):
-                landmarks = np.stack(
-                    [np.full((NUM_LANDMARKS, 2), np.nan) if f.landmarks_2d is None else f.landmarks_2d for f in faces]
-                )
-            ids = tracker.update(boxes, scores, frame.index, landmarks)
-            for face, tid in zip(faces, ids):
-                face.track_id = int(tid)
+            # every frame's faces are detections here (frames the detector skipped have none)
+            self.tracker_for(frame.stream_id).update(frame, detected=True)
             if frame.meta.get("end_of_stream"):
                 del self.trackers[frame.stream_id]
         return frames

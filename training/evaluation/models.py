@@ -6,9 +6,9 @@ image pixels, ``rotation`` (N, 3, 3) head -> camera (OpenCV axes, engine/geometr
 dataset knows them (the synthetic set); otherwise the engine's assumption (image diagonal focal).
 
 - :class:`BundleModel`: a bundle directory, run exactly as the engine's ``landmarks`` stage runs it on
-  a detected face: ``roi_from_box`` -> ``crop_matrix`` -> ``crop_face`` -> ``Bundle.preprocess`` ->
-  the onnxruntime backend -> ``fill_face`` (un-crop, pose to the image camera). All imported from
-  engine/crop.py and plugins/landmarks/, so the evaluation measures what the engine outputs.
+  a detected face: ``roi_from_box`` -> the engine's one predictor
+  (:meth:`plugins.landmarks.model.LandmarkModel.predict_rois`: crop, preprocess, the onnxruntime
+  backend, un-crop and pose to the image camera), so the evaluation measures what the engine outputs.
 - :class:`OnnxModel`: a bare ONNX file with the bundle's I/O; its input convention comes from a
   sidecar ``<file>.json`` (a bundle manifest or just its ``input`` section), a ``manifest.json`` beside
   it, or explicit arguments (``input_size``, defaults of the model config for the rest).
@@ -30,12 +30,10 @@ import numpy as np
 
 from engine.bundle import Bundle, BundleError, InputSpec, Manifest, load_bundle
 from engine.crop import CropConvention, crop_matrix, roi_from_box, roi_from_landmarks
-from engine.frame import Face
-from engine.geometry import FRONTAL
+from engine.geometry import FRONTAL, image_intrinsics, orthonormalize, pose_to_image
 from engine.landmarks68 import NAMES, REGIONS
 from plugins.landmarks.backends import REQUIRED_OUTPUTS, create_backend
-from plugins.landmarks.stage import crop_face, fill_face, image_intrinsics, pose_to_image
-from training.evaluation.readers.base import orthonormalise
+from plugins.landmarks.model import LandmarkModel
 
 Prediction = dict[str, np.ndarray | None]
 
@@ -59,7 +57,8 @@ class BundleModel:
                  max_batch: int = 32, passes: int = 1):
         self.bundle = bundle
         self.name = name or bundle.manifest.name
-        self.backend = create_backend(bundle, "onnxruntime", "cpu", "fp32", max_batch, intra_op_threads)
+        self.model = LandmarkModel(bundle, create_backend(bundle, "onnxruntime", "cpu", "fp32", max_batch, intra_op_threads))
+        self.backend = self.model.backend
         self.passes = passes  # 2: re-crop from the first pass's landmarks, as the engine does while tracking
 
     def second_pass(self) -> BundleModel:
@@ -75,33 +74,20 @@ class BundleModel:
     def predict(self, image_rgb: np.ndarray, boxes: np.ndarray, camera_matrix: np.ndarray | None = None
                 ) -> Prediction:
         boxes = np.asarray(boxes, np.float32).reshape(-1, 4)
-        rois = [roi_from_box(b) for b in boxes]
-        out = self._predict_rois(image_rgb, boxes, rois, camera_matrix)
+        out = self._predict_rois(image_rgb, roi_from_box(boxes), camera_matrix)
         for _ in range(self.passes - 1):
             if len(boxes):
-                out = self._predict_rois(image_rgb, boxes, list(roi_from_landmarks(out["landmarks_2d"])), camera_matrix)
+                out = self._predict_rois(image_rgb, roi_from_landmarks(out["landmarks_2d"]), camera_matrix)
         return out
 
-    def _predict_rois(self, image_rgb: np.ndarray, boxes: np.ndarray, rois: list, camera_matrix) -> Prediction:
-        size = self.bundle.input_size
-        Ms = [crop_matrix(roi, size) for roi in rois]
-        if not Ms:
+    def _predict_rois(self, image_rgb: np.ndarray, rois: np.ndarray, camera_matrix: np.ndarray | None) -> Prediction:
+        out = self.model.predict_rois(image_rgb, rois, _camera(image_rgb, camera_matrix))
+        if not len(rois):  # the keys an empty prediction always had
             return {"landmarks_2d": np.zeros((0, 68, 2), np.float32), "rotation": np.zeros((0, 3, 3)),
                     "confidence": np.zeros((0, 68), np.float32)}
-        crops = np.stack([crop_face(image_rgb, M, size) for M in Ms])
-        out = self.backend.infer(self.bundle.preprocess(crops))
-        K = _camera(image_rgb, camera_matrix)
-        faces = []
-        for i, (box, M) in enumerate(zip(boxes, Ms)):
-            face = Face(box=box, score=1.0, keypoints=np.zeros((5, 2), np.float32))
-            faces.append(fill_face(face, {k: v[i] for k, v in out.items()}, M, self.bundle, K))
-        return {
-            "landmarks_2d": np.stack([f.landmarks_2d for f in faces]),
-            "rotation": np.stack([f.rotation for f in faces]).astype(np.float64),
-            "confidence": np.stack([f.confidence for f in faces]),
-            "landmarks_3d": np.stack([f.landmarks_3d for f in faces]),
-            "landmarks_canonical": np.stack([f.landmarks_canonical for f in faces]),
-        }
+        return {"landmarks_2d": out["landmarks_2d"], "rotation": out["rotation"].astype(np.float64),
+                "confidence": out["confidence"], "landmarks_3d": out["landmarks_3d"],
+                "landmarks_canonical": out["landmarks_canonical"]}
 
 
 @dataclass(frozen=True)
@@ -191,7 +177,7 @@ def teacher_rotation(params: np.ndarray, rois: np.ndarray, K: np.ndarray) -> np.
     """
     out = []
     for p, roi in zip(np.asarray(params, np.float64), np.asarray(rois, np.float64)):
-        r_crop = FRONTAL @ orthonormalise(p[:12].reshape(3, 4)[:, :3])
+        r_crop = FRONTAL @ orthonormalize(p[:12].reshape(3, 4)[:, :3])
         size = 120  # any crop size: only the roi's centre matters for the rotation
         M = crop_matrix(roi, size)
         K0 = np.array([[size, 0.0, (size - 1) / 2], [0.0, size, (size - 1) / 2], [0.0, 0.0, 1.0]])
