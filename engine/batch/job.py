@@ -34,7 +34,7 @@ from tqdm.contrib.logging import logging_redirect_tqdm
 
 from engine.assets import REPO_ROOT
 from engine.batch.dataset import ClipList, ClipTask
-from engine.batch.decode import iter_clip, video_info
+from engine.batch.decode import clip_meta, iter_clip
 from engine.batch.inference import StageRunner, config_hash, model_hash, model_identities, stages_description
 from engine.batch.output import ClipStatus, OutputDir, now_iso, totals_of, validate_clip
 from engine.config import PipelineConfig, load_config
@@ -135,10 +135,6 @@ def clip_meta_base(config: PipelineConfig, cfg_hash: str, models: list[dict[str,
     models = model_identities(config) if models is None else models
     return {"stages": stages_description(config), "config_hash": cfg_hash, "models": models,
             "model_hash": model_hash(models), "engine_version": engine_version()}
-
-
-def clip_meta(base: dict[str, Any], task: ClipTask, frames: list[Frame], size: tuple[int, int]) -> dict[str, Any]:
-    return {**base, "source": str(task.path), **video_info(frames, size).as_meta(), "attributes": task.attributes}
 
 
 class FailureLog:

@@ -84,7 +84,7 @@ class InferenceActor:
 
     def process(self, tasks: list[tuple[str, str, dict]], *decoded: tuple) -> list[dict[str, Any]]:
         from engine.batch.dataset import ClipTask
-        from engine.batch.job import clip_meta
+        from engine.batch.decode import clip_meta
 
         t0 = time.monotonic()
         clips: list[tuple[ClipTask, list[Frame], str | None]] = []
