@@ -28,6 +28,9 @@ class Face:
     translation: np.ndarray | None = None  # (3,) centimetres, camera space
     confidence: np.ndarray | None = None  # (68,) in [0, 1]
     visibility: np.ndarray | None = None  # (68,) bool, occlusion mask
+    # per-face outputs of other plugins (name -> array, any numeric/bool dtype), carried by the messages
+    # (schema 1.4) so a plugin adds an output without editing the engine core
+    extra: dict[str, np.ndarray] = field(default_factory=dict)
 
 
 @dataclass

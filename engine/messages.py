@@ -9,11 +9,12 @@ Wire format (msgpack map, one per frame)::
 
 An ARRAY is ``{"dtype": "<f4", "shape": [68, 2], "data": <raw little-endian bytes>}`` (never nested
 lists, so decoding is one ``np.frombuffer``). Optional face fields that a pipeline did not compute are
-omitted, not sent as nil. ZeroMQ sinks add ``"seq"``: the number of frame messages this sink sent
+omitted, not sent as nil. A face's ``"extra"`` (schema 1.4, only when a plugin filled ``Face.extra``) is a
+map of name -> ARRAY in the array's own dtype: per-face outputs of third-party stages. ZeroMQ sinks add ``"seq"``: the number of frame messages this sink sent
 for the stream before this one (0, 1, 2, ...), so a subscriber sees a gap as soon as it loses one (a
 ``zmq_pub`` subscriber whose queue is full loses messages the others get). When a stream ends, sinks send one end-of-stream message::
 
-    {"type": "eos", "version": [1, 3], "stream": "cam0", "frames": 250, "dropped": 3,
+    {"type": "eos", "version": [1, 4], "stream": "cam0", "frames": 250, "dropped": 3,
      "lost": {"drops": 0, "errors": 0, "decode_errors": 2}}
 
 ``frames`` is how many frame messages the sink emitted for that stream, so a subscriber can tell
@@ -39,7 +40,8 @@ from engine.frame import Face, Frame
 # translation, confidence, visibility) and track_id; 1.0 decoders read 1.1 messages (extra keys only).
 # 1.2: eos carries ``dropped`` and ``lost`` (loss counters).
 # 1.3: frame messages from ZeroMQ sinks carry ``seq`` (per-sink, per-stream message counter).
-SCHEMA_VERSION: tuple[int, int] = (1, 3)
+# 1.4: a face may carry ``extra``: {name: array} of plugin outputs (Face.extra), arrays in their own dtype.
+SCHEMA_VERSION: tuple[int, int] = (1, 4)
 
 # Face fields sent as arrays, with the dtype they are sent in (None: keep the array's own dtype).
 _ARRAY_FIELDS: dict[str, str] = {
@@ -54,7 +56,7 @@ _ARRAY_FIELDS: dict[str, str] = {
     "confidence": "<f4",
     "visibility": "|b1",
 }
-_OPTIONAL_FIELDS = [f.name for f in fields(Face) if f.name not in ("box", "score", "keypoints")]
+_OPTIONAL_FIELDS = [f.name for f in fields(Face) if f.name not in ("box", "score", "keypoints", "extra")]
 
 
 class SchemaVersionError(ValueError):
@@ -133,6 +135,8 @@ def _face_obj(face: Face, array: Any) -> dict[str, Any]:
         if value is None:
             continue
         obj[name] = int(value) if name == "track_id" else array(value, _ARRAY_FIELDS[name])
+    if face.extra:  # each array in its own dtype, little-endian
+        obj["extra"] = {str(k): array(v, np.asarray(v).dtype.newbyteorder("<").str) for k, v in face.extra.items()}
     return obj
 
 
@@ -205,6 +209,11 @@ def _face_from_obj(obj: dict[str, Any], key: str, arrays_as_lists: bool) -> Face
     for name in _OPTIONAL_FIELDS:
         if obj.get(name) is not None:
             setattr(face, name, int(obj[name]) if name == "track_id" else arr(name))
+    extra = obj.get("extra") or {}
+    if not isinstance(extra, dict):
+        raise MessageError(f"{key}.extra: expected a map of name -> array")
+    # JSON carries no dtype: lists come back as numpy's default for their values
+    face.extra = {str(k): np.asarray(v) if arrays_as_lists else unpack_array(v, f"{key}.extra.{k}") for k, v in extra.items()}
     return face
 
 
