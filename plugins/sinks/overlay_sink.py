@@ -188,6 +188,7 @@ class OverlaySink(Sink):
             writer.write(image, pts)
 
     def end_of_stream(self, stream_id: str) -> None:
+        self.previews.pop(stream_id, None)  # a later stream with this id gets its own previews
         if stream_id in self.pending:  # a one-frame stream: the rate never got measured
             image = self.pending[stream_id][0][0]
             self._open(stream_id, (image.shape[1], image.shape[0]))
