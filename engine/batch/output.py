@@ -62,7 +62,8 @@ OPTIONAL_ARRAYS: dict[str, tuple[str, tuple[int, ...], Any]] = {
     "visibility": ("|b1", (68,), False),
 }
 REQUIRED_KEYS = ("frame_index", "pts", "face_frame", "boxes", "scores", "keypoints", "meta_json")
-assert set(OPTIONAL_ARRAYS) | {"box", "score", "keypoints", "track_id"} == {f.name for f in fields(Face)}, (
+# Face.extra (plugin outputs, free shapes) is not written to the fixed-shape .npz columns
+assert set(OPTIONAL_ARRAYS) | {"box", "score", "keypoints", "track_id", "extra"} == {f.name for f in fields(Face)}, (
     "engine.frame.Face changed: update OPTIONAL_ARRAYS"
 )
 
