@@ -679,7 +679,8 @@ def _documented(text: str) -> set[str]:
 def test_readme_and_design_schema_keys_match_encoded_messages():
     full = Face(box=np.zeros(4), score=1.0, keypoints=np.zeros((5, 2)), track_id=1, landmarks_2d=np.zeros((68, 2)),
                 landmarks_3d=np.zeros((68, 3)), landmarks_canonical=np.zeros((68, 3)), rotation=np.eye(3),
-                euler=np.zeros(3), translation=np.zeros(3), confidence=np.zeros(68), visibility=np.ones(68, bool))
+                euler=np.zeros(3), translation=np.zeros(3), confidence=np.zeros(68), visibility=np.ones(68, bool),
+                extra={"gaze": np.zeros(2, np.float32)})
     frame = msgpack.unpackb(encode(Frame(stream_id="c", index=0, pts=0.0, time=1.0, image=np.zeros((2, 2, 3), np.uint8),
                                          faces=[full]), seq=0), raw=False)  # as a ZeroMQ sink sends it
     eos = msgpack.unpackb(encode_eos("c", 1, {"drops": 0}), raw=False)
