@@ -102,3 +102,15 @@ def test_rotation_angle_is_exact_for_small_angles():
     Rb = np.stack([rotation_from_euler(10.001, 5, 0), rotation_from_euler(40, 5, 0)])
     got = rotation_angle_deg(Ra, Rb)
     assert got[0] == pytest.approx(0.001, rel=1e-3) and got[1] == pytest.approx(30, rel=1e-6)
+
+
+def test_failed_validation_names_the_next_steps():
+    import argparse
+
+    from training.build_engine import next_steps
+
+    args = argparse.Namespace(calib_method="entropy", num_calibration=128, max_nme_delta=1.0, max_pose_delta_deg=1.0,
+                              out=None, bundle="models/x")
+    text = next_steps(args, ["onnx_int8_qdq: NME delta 1.80 > 1.00"])
+    assert "--calib-method percentile" in text and "--precision fp16" in text and "--max-nme-delta" in text
+    assert "int8" not in next_steps(args, ["onnx_fp32: pose delta 2.0 > 1.0"]).split("next steps:")[1].split("accept")[0]

@@ -60,6 +60,19 @@ FP32_ONNX = "model.fp32.onnx"
 EXIT_VALIDATION_FAILED, EXIT_NO_TENSORRT = 2, 3
 
 
+def next_steps(args, failures: list[str]) -> str:
+    """What to do after a failed validation (the figures table above says by how much it failed)."""
+    steps = []
+    if any("int8" in f for f in failures):
+        other = "percentile" if args.calib_method == "entropy" else "entropy"
+        steps += [f"other activation ranges: --calib-method {other}",
+                  f"more calibration crops: --num-calibration {max(4 * args.num_calibration, 512)}",
+                  "or deploy fp16, which needs no calibration: --precision fp16"]
+    steps.append(f"or accept the measured difference: --max-nme-delta / --max-pose-delta-deg above it "
+                 f"(now {args.max_nme_delta} % / {args.max_pose_delta_deg} deg)")
+    return "next steps:\n  " + "\n  ".join(steps) + f"\nfigures: {Path(args.out or Path(args.bundle) / 'engine') / 'validation.json'}"
+
+
 class Thresholds(BaseModel):
     """Limits on the mean over held-out crops (and on the fp32 ONNX's max landmark difference)."""
 
@@ -204,6 +217,7 @@ def build(args: argparse.Namespace) -> int:
     (out / "validation.json").write_text(json.dumps(validation, indent=1))
     if failures:
         print("VALIDATION FAILED:\n  " + "\n  ".join(failures), file=sys.stderr)
+        print(next_steps(args, failures), file=sys.stderr)
         return EXIT_VALIDATION_FAILED
 
     from training.trt_build import TensorRTUnavailable, cuda_device, import_tensorrt

@@ -37,6 +37,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from torch.utils.data import Dataset, Sampler
 
 from engine.crop import crop_matrix, jitter_roi, roi_from_box, roi_from_landmarks, transform_points, warp_crop
+from engine.geometry import rotation_between
 from engine.landmarks68 import FLIP_PERMUTATION, NUM_LANDMARKS
 
 log = logging.getLogger(__name__)
@@ -157,13 +158,6 @@ def landmark_roi(landmarks: np.ndarray, rng: np.random.Generator, noise: float, 
     return roi_from_landmarks(moved)
 
 
-def _rotation_between(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """Smallest rotation taking unit vector a to unit vector b (Rodrigues)."""
-    v, c = np.cross(a, b), float(a @ b)
-    vx = np.array([[0, -v[2], v[1]], [v[2], 0, -v[0]], [-v[1], v[0], 0]])
-    return np.eye(3) + vx + vx @ vx / (1.0 + c)
-
-
 def crop_camera_pose(K: np.ndarray, R: np.ndarray, t: np.ndarray, M: np.ndarray, K0: np.ndarray):
     """(R', t') of a render camera (K, R, t) seen through crop affine M, re-expressed for K0 (module doc)."""
     Kc = M @ K
@@ -173,7 +167,7 @@ def crop_camera_pose(K: np.ndarray, R: np.ndarray, t: np.ndarray, M: np.ndarray,
     ray_true = t / np.linalg.norm(t)
     ray_k0 = np.linalg.inv(K0) @ p
     ray_k0 /= np.linalg.norm(ray_k0)
-    R_view = _rotation_between(ray_true, ray_k0)
+    R_view = rotation_between(ray_true, ray_k0)
     return R_view @ R, ray_k0 * np.linalg.norm(t) * K0[0, 0] / f_crop
 
 

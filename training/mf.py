@@ -20,7 +20,6 @@ from training.teacher.tddfa import crop_zero_padded
 
 log = logging.getLogger(__name__)
 
-VIDEO_SUFFIXES = (".mp4", ".mkv", ".mov", ".avi", ".webm")
 # Photos are one-frame clips: the wild/ folder holds 383 of them next to its videos (issue 12).
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp")
 # Held out for validation by default (the evaluation uses them), never written as MF training samples.
@@ -48,36 +47,29 @@ def list_clips(folder: str | Path, exclude: tuple[str, ...] | list[str] = DEFAUL
     if not folder.is_dir():
         raise FileNotFoundError(f"--mf-clips {folder}: not a folder of video clips")
     excluded = set(exclude)
-    suffixes = VIDEO_SUFFIXES + IMAGE_SUFFIXES
+    from engine.video import VIDEO_EXTENSIONS  # the one list of video endings
+
+    suffixes = tuple(VIDEO_EXTENSIONS) + IMAGE_SUFFIXES
     return sorted(p for p in folder.rglob("*") if p.suffix.lower() in suffixes and p.name not in excluded
                   and p.name != "preview.jpg")  # a dataset's contact sheet, not a photo
 
 
 def count_frames(path: Path) -> int:
-    """Frames in the clip's first video stream (container metadata, else by decoding); 1 for a photo.
+    """Frames in the clip's first video stream (engine.video, the one decode core); 1 for a photo.
     Raises ClipError."""
     if path.suffix.lower() in IMAGE_SUFFIXES:
         return 1
-    import av  # imported here: the MV-only paths (training.lift) run where PyAV is not installed
+    from engine.video import VideoError, count_frames as video_frames  # PyAV: only where clips are decoded
 
     try:
-        with av.open(str(path)) as container:
-            if not container.streams.video:
-                raise ClipError(f"{path}: no video stream")
-            stream = container.streams.video[0]
-            if stream.frames > 0:
-                return int(stream.frames)
-            return sum(1 for _ in container.decode(stream))
-    except ClipError:
-        raise
-    except (av.error.FFmpegError, OSError, ValueError) as err:
-        raise ClipError(f"{path}: cannot open or decode ({err})") from err
+        return video_frames(path)
+    except VideoError as err:
+        raise ClipError(str(err)) from err
 
 
 def iter_frames(path: Path, every: int, start: int = 0, stop: int | None = None) -> Iterator[tuple[int, np.ndarray]]:
-    """(frame index, RGB frame) for indices in [start, stop) that are multiples of ``every``.
-
-    Decodes sequentially (exact frame indices; clips are short). Raises ClipError on decode failure."""
+    """(frame index, upright RGB frame) for indices in [start, stop) that are multiples of ``every``
+    (engine.video.iter_frames; a photo is frame 0). Raises ClipError on decode failure."""
     if path.suffix.lower() in IMAGE_SUFFIXES:
         if start == 0 and (stop is None or stop > 0):
             try:
@@ -86,19 +78,12 @@ def iter_frames(path: Path, every: int, start: int = 0, stop: int | None = None)
             except OSError as err:
                 raise ClipError(f"{path}: cannot read the photo ({err})") from err
         return
-    import av
+    from engine.video import VideoError, iter_frames as video_frames
 
     try:
-        with av.open(str(path)) as container:
-            stream = container.streams.video[0]
-            stream.thread_type = "AUTO"
-            for i, frame in enumerate(container.decode(stream)):
-                if stop is not None and i >= stop:
-                    break
-                if i >= start and i % every == 0:
-                    yield i, frame.to_ndarray(format="rgb24")
-    except (av.error.FFmpegError, OSError, ValueError, IndexError) as err:
-        raise ClipError(f"{path}: decoding failed ({err})") from err
+        yield from video_frames(path, every, start, stop)
+    except VideoError as err:
+        raise ClipError(str(err)) from err
 
 
 def face_region(image: np.ndarray, box: np.ndarray, size: int, context: float = CONTEXT) -> tuple[np.ndarray, float, np.ndarray]:

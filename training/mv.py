@@ -13,6 +13,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from engine.boxes import landmark_box
+
 from training.cameras import AugmentedCameraSpace, rig_camera, rig_views
 from training.generators.base import Generator, Identity
 from training.lifting import LiftingConfig, LiftResult, lift_cameras
@@ -36,10 +38,6 @@ class LiftedIdentity:
     @property
     def reason(self) -> str | None:
         return self.lift.reason
-
-
-def landmark_box(points: np.ndarray) -> np.ndarray:
-    return np.concatenate([points.min(axis=0), points.max(axis=0)]).astype(np.float32)
 
 
 class MVLabeler:
@@ -78,7 +76,7 @@ class MVLabeler:
                 boxes.append(np.asarray(det.boxes[int(np.argmax(det.scores))], dtype=np.float32))
             else:
                 self.detector_misses += self.detector is not None
-                boxes.append(landmark_box(fallback))
+                boxes.append(landmark_box(fallback).astype(np.float32))
         return np.stack(boxes)
 
     def lift_identity(self, seed: int) -> LiftedIdentity:

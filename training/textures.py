@@ -423,22 +423,20 @@ class FrameLandmarks:
 
 
 def read_frames(path: Path, indices: list[int]) -> dict[int, np.ndarray]:
+    """{index: upright RGB frame} for the wanted frame indices (engine.video, the one decode core)."""
+    from engine.video import iter_frames  # PyAV: only for building the bank from clips
+
     want, out = set(indices), {}
-    import av  # only for building the bank from clips
-    with av.open(str(path)) as c:
-        for i, f in enumerate(c.decode(video=0)):
-            if i in want:
-                out[i] = f.to_ndarray(format="rgb24")
-            if len(out) == len(want):
-                break
+    for i, frame in iter_frames(path, stop=max(want) + 1 if want else 0):
+        if i in want:
+            out[i] = frame
     return out
 
 
 def count_frames(path: Path) -> int:
-    import av  # only for building the bank from clips
-    with av.open(str(path)) as c:
-        s = c.streams.video[0]
-        return s.frames or sum(1 for _ in c.decode(video=0))
+    from engine.video import count_frames as video_frames
+
+    return video_frames(path)
 
 
 def background_patches(frame: np.ndarray, box: np.ndarray, rng: np.random.Generator, n: int = 2) -> list[np.ndarray]:

@@ -30,9 +30,9 @@ import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
+from engine.landmarks68 import NUM_LANDMARKS
 from plugins.landmarks.encoders import ENCODERS
 
-NUM_LANDMARKS = 68
 OUTPUT_NAMES = (
     "landmarks_3d", "rotation", "translation", "landmarks_2d", "scale_tril", "uncertainty", "confidence"
 )

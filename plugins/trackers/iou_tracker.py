@@ -21,6 +21,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import numpy as np
+
+from engine.boxes import box_iou, landmark_box  # noqa: F401  (re-exported: plugins.trackers.box_iou)
 from scipy.optimize import linear_sum_assignment
 
 VELOCITY_MOMENTUM = 0.5  # weight of the previous velocity estimate (smooths detector box jitter)
@@ -66,24 +68,6 @@ class _State:
         if landmarks is not None:
             self.landmarks = landmarks
         self.hits += 1
-
-
-def box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """(N, 4) x (M, 4) x1y1x2y2 boxes -> (N, M) intersection over union."""
-    a = np.asarray(a, np.float64).reshape(-1, 4)
-    b = np.asarray(b, np.float64).reshape(-1, 4)
-    lo = np.maximum(a[:, None, :2], b[None, :, :2])
-    hi = np.minimum(a[:, None, 2:], b[None, :, 2:])
-    inter = np.prod(np.clip(hi - lo, 0, None), axis=-1)
-    area_a = np.prod(np.clip(a[:, 2:] - a[:, :2], 0, None), axis=-1)
-    area_b = np.prod(np.clip(b[:, 2:] - b[:, :2], 0, None), axis=-1)
-    return inter / np.maximum(area_a[:, None] + area_b[None, :] - inter, 1e-9)
-
-
-def landmark_box(landmarks: np.ndarray) -> np.ndarray:
-    """(..., K, 2) points -> (..., 4) their bounding box."""
-    p = np.asarray(landmarks, np.float64)
-    return np.concatenate([p.min(axis=-2), p.max(axis=-2)], axis=-1)
 
 
 def landmark_similarity(a: np.ndarray, b: np.ndarray) -> float:

@@ -13,6 +13,8 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
+from engine.boxes import landmark_box  # noqa: F401  (the AFLW2000-3D / 3DDFA normaliser)
+
 from engine.geometry import euler_from_rotation
 from engine.landmarks68 import NUM_LANDMARKS, REGIONS
 
@@ -39,12 +41,6 @@ def boxes_from_xywh(boxes) -> np.ndarray:
     b = _np(boxes).reshape(-1, 4).copy()
     b[:, 2:] += b[:, :2]
     return b
-
-
-def landmark_box(landmarks) -> np.ndarray:
-    """(I, 4) tight x1y1x2y2 box of (I, N, 2) landmarks (the AFLW2000-3D / 3DDFA normaliser)."""
-    p = _np(landmarks)
-    return np.concatenate([p.min(-2), p.max(-2)], -1)
 
 
 def landmark_errors(pred, gt, boxes) -> np.ndarray:

@@ -40,7 +40,7 @@ from tqdm import tqdm
 
 from engine.geometry import euler_from_rotation
 from training.cameras import AugmentedCameraSpace
-from training.evaluation.metrics import landmark_box
+from engine.boxes import box_iou, landmark_box
 from training.evaluation.readers.base import DatasetLayoutError, EvalSample, Reader, pinhole_projection
 
 log = logging.getLogger(__name__)
@@ -86,15 +86,6 @@ def pitch_bin(pitch_deg: float) -> str:
     return "0-20" if abs(float(pitch_deg)) <= 20 else "20+"
 
 
-def box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """IoU of (N, 4) boxes with one (4,) box."""
-    x1, y1 = np.maximum(a[:, 0], b[0]), np.maximum(a[:, 1], b[1])
-    x2, y2 = np.minimum(a[:, 2], b[2]), np.minimum(a[:, 3], b[3])
-    inter = np.clip(x2 - x1, 0, None) * np.clip(y2 - y1, 0, None)
-    area = lambda r: (r[..., 2] - r[..., 0]) * (r[..., 3] - r[..., 1])  # noqa: E731
-    return inter / np.maximum(area(a) + area(b) - inter, 1e-9)
-
-
 def detector_like_box(landmarks_2d: np.ndarray) -> np.ndarray:
     """(4,) a CenterFace-like box from exact (68, 2) landmarks: the fallback when the detector misses.
 
@@ -112,7 +103,7 @@ def choose_box(detections, landmarks_2d: np.ndarray) -> tuple[np.ndarray, str]:
     """The most confident detection overlapping the exact landmark box, else :func:`detector_like_box`."""
     lm_box = landmark_box(landmarks_2d[None])[0].astype(np.float32)
     if detections is not None and len(detections.boxes):
-        iou = box_iou(np.asarray(detections.boxes, np.float64), lm_box)
+        iou = box_iou(np.asarray(detections.boxes, np.float64), lm_box)[:, 0]
         ok = np.flatnonzero(iou >= MIN_DETECTION_IOU)
         if ok.size:
             best = ok[np.argmax(np.asarray(detections.scores)[ok])]

@@ -120,16 +120,6 @@ def opengl_projection(model_view: np.ndarray, projection: np.ndarray, image_heig
     return np.stack([a[0], image_height * a[3] - a[1], a[3]])
 
 
-def orthonormalise(m: np.ndarray) -> np.ndarray:
-    """Nearest rotation to a (possibly scaled) 3x3 matrix."""
-    u, _, vt = np.linalg.svd(np.asarray(m, np.float64))
-    r = u @ vt
-    if np.linalg.det(r) < 0:
-        u[:, -1] *= -1
-        r = u @ vt
-    return r
-
-
 def read_obj(path: Path) -> tuple[np.ndarray, np.ndarray]:
     """Vertices (V, 3) and triangles (F, 3) (0-based) of a Wavefront .obj; quads are split."""
     verts, faces = [], []

@@ -95,16 +95,7 @@ class CelebVHQReader(Reader):
     def frames(
         sample: EvalSample, every: int = 1, max_frames: int | None = None
     ) -> Iterator[tuple[int, np.ndarray]]:
-        """(frame index, HxWx3 uint8 RGB) of a clip, every ``every``-th frame (PyAV)."""
-        import av
+        """(frame index, HxWx3 uint8 RGB) of a clip, every ``every``-th frame (engine.video, upright)."""
+        from engine.video import iter_frames
 
-        with av.open(str(sample.image)) as container:
-            stream = container.streams.video[0]
-            n = 0
-            for i, frame in enumerate(container.decode(stream)):
-                if i % every:
-                    continue
-                yield i, frame.to_ndarray(format="rgb24")
-                n += 1
-                if max_frames is not None and n >= max_frames:
-                    return
+        yield from iter_frames(sample.image, every, max_frames=max_frames)

@@ -19,13 +19,12 @@ from pathlib import Path
 
 import numpy as np
 
-from engine.geometry import FRONTAL
+from engine.geometry import FRONTAL, orthonormalize
 from training.evaluation.readers.base import (
     EvalSample,
     Reader,
     image_size,
     opengl_projection,
-    orthonormalise,
     read_faces,
 )
 
@@ -141,7 +140,7 @@ class DAD3DHeadsReader(Reader):
                 landmarks_2d=None if lm3d is None else _project(projection, lm3d),
                 vertices=vertices,
                 projection=projection,
-                rotation=orthonormalise(FRONTAL @ mv[:3, :3]),
+                rotation=orthonormalize(FRONTAL @ mv[:3, :3]),
                 attributes=attrs,
                 extras={"model_view_matrix": mv, "projection_matrix": proj_gl, "image_height": height},
             )
