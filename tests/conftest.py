@@ -5,11 +5,18 @@ tests still run in a fresh clone or a CI job without the assets, and the message
 ``FACELIFT_REQUIRE_SHARED=1`` makes a missing folder stop the session at the start instead (for CI jobs
 that must run everything)."""
 
+import contextlib
 import logging
 import os
 from pathlib import Path
 
 import pytest
+
+# torch's compiler stack imports triton, which bundles its own LLVM; importing it for the first time after a
+# test has rendered with Mesa's llvmpipe (moderngl, its LLVM) segfaults (seen: test_pseudolabel, then
+# timm -> torchvision -> torch._dynamo in test_evaluate). Importing it first is safe, whatever the test order.
+with contextlib.suppress(ImportError):
+    import torch._dynamo  # noqa: F401
 
 from engine.assets import shared_assets_problem, shared_dir
 
