@@ -75,9 +75,11 @@ def export_onnx(model: torch.nn.Module, cfg: LandmarkTransformerConfig, path: Pa
     got = session.run(list(OUTPUT_NAMES), {"image": check.numpy()})
     with torch.no_grad():
         ref = wrapped(check)
-    err = max(float(np.abs(g - r.numpy()).max()) for g, r in zip(got, ref))
+    # relative to each value's size (plus one): 2D landmarks are crop pixels (~0..S), where float summation
+    # order alone moves the last digits; an absolute bound would fail a correct export of a larger value
+    err = max(float((np.abs(g - r.numpy()) / (1.0 + np.abs(r.numpy()))).max()) for g, r in zip(got, ref))
     if err > ONNX_ATOL:
-        raise RuntimeError(f"{path}: ONNX differs from torch by {err:.2e} (> {ONNX_ATOL})")
+        raise RuntimeError(f"{path}: ONNX differs from torch by {err:.2e} relative (> {ONNX_ATOL})")
     return err
 
 
