@@ -31,7 +31,7 @@ log = logging.getLogger(__name__)
 INFO_FILE = "celebvhq_info.json"
 # Where the clips may sit under a CelebV-HQ root: the root itself, the download script's folder, the
 # archive's folder name, or a plain name.
-CLIP_FOLDERS = (".", "processed", "35666", "clips", "videos")
+CLIP_FOLDERS = (".", "processed", "35666", "clips", "videos", "downloaded_celebvhq/processed")
 # A clip id becomes a file name (<id>.mp4 in, <id>.npz out): plain names only, so a hostile index
 # cannot read or write outside the dataset and output folders ("../../../x", "/etc/x", "a/b").
 SAFE_CLIP_ID = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9_.-]{0,254}")
@@ -111,7 +111,8 @@ def find_clip_folder(root: Path, clip_ids: list[str]) -> Path:
 
 def list_celebvhq(root: str | Path, clips_dir: str | Path | None = None) -> ClipList:
     """CelebV-HQ: ``root/celebvhq_info.json`` plus ``<clip_id>.mp4`` files in ``clips_dir`` (default:
-    the first of ``root``, ``root/processed``, ``root/35666``, ``root/clips``, ``root/videos`` holding them).
+    the folder among ``root``, ``root/processed``, ``root/35666``, ``root/clips``, ``root/videos``,
+    ``root/downloaded_celebvhq/processed`` that holds most of them).
     Each task's ``attributes`` is the clip's JSON entry plus ``meta_info`` (the attribute names)."""
     root = Path(root).expanduser()
     info_path = root / INFO_FILE if root.is_dir() else root

@@ -18,19 +18,21 @@ from pathlib import Path
 
 import numpy as np
 
+from engine.batch.dataset import CLIP_FOLDERS, INFO_FILE, SAFE_CLIP_ID, find_clip_folder
 from training.evaluation.readers.base import EvalSample, Reader
 
 log = logging.getLogger(__name__)
 
-INFO_NAME = "celebvhq_info.json"
-CLIP_DIRS = ("35666", "clips", "processed", "downloaded_celebvhq/processed", ".")
+# The CelebV-HQ layout is defined once, with the batch job's reader (engine/batch/dataset.py).
+INFO_NAME = INFO_FILE
+CLIP_DIRS = CLIP_FOLDERS
 
 LAYOUT = f"""\
 <root>/
   {INFO_NAME}                 {{"meta_info": {{"appearance_mapping": [...], "action_mapping": [...]}},
                                  "clips": {{"<clip_id>": {{"ytb_id", "duration", "bbox", "attributes"}}}}}}
   <clips>/<clip_id>.mp4            processed clips; <clips> is clips_dir= or the first of
-                                   {", ".join(CLIP_DIRS)} that holds .mp4 files"""
+                                   {", ".join(CLIP_DIRS)} that holds most of the clips"""
 
 
 class CelebVHQReader(Reader):
@@ -41,23 +43,24 @@ class CelebVHQReader(Reader):
         super().__init__()
         root = self._require(Path(root))
         self.info_path = self._require(root / INFO_NAME)
-        if clips_dir is not None:
-            self.clips_dir = self._require(Path(clips_dir))
-        else:
-            self.clips_dir = next((root / d for d in CLIP_DIRS if any((root / d).glob("*.mp4"))), None)
-            if self.clips_dir is None:
-                from training.evaluation.readers.base import DatasetLayoutError
-
-                raise DatasetLayoutError(self.name, root / "clips" / "<clip_id>.mp4", self.layout,
-                                         "no .mp4 clips found; pass clips_dir=")
         with open(self.info_path) as fh:
             info = json.load(fh)
         try:
             self.appearance_names = list(info["meta_info"]["appearance_mapping"])
             self.action_names = list(info["meta_info"]["action_mapping"])
-            self.clips: dict = info["clips"]
+            # ids that are not plain file names (``../x``) are never opened (as in the batch job)
+            self.clips: dict = {k: v for k, v in info["clips"].items() if SAFE_CLIP_ID.fullmatch(str(k))}
         except (KeyError, TypeError) as exc:
             raise ValueError(f"{self.info_path}: missing key {exc} (expected meta_info.*_mapping and clips)")
+        if clips_dir is not None:
+            self.clips_dir = self._require(Path(clips_dir))
+        else:
+            self.clips_dir = find_clip_folder(root, sorted(self.clips))
+            if not any(self.clips_dir.glob("*.mp4")):
+                from training.evaluation.readers.base import DatasetLayoutError
+
+                raise DatasetLayoutError(self.name, root / "clips" / "<clip_id>.mp4", self.layout,
+                                         "no .mp4 clips found; pass clips_dir=")
         self.with_attributes = attributes
         self.missing_clips: list[str] = []
 
