@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from safetensors.torch import load_file
 
 from engine.bundle import Bundle
+from engine.crop import box_factor
 from plugins.landmarks.backends import BackendError, run_chunked
 from plugins.landmarks.transformer import create_model
 
@@ -48,9 +49,7 @@ def crop_batch(images: Sequence[torch.Tensor], faces: Sequence[tuple[int, np.nda
     groups: dict[tuple[int, int], list[tuple[int, np.ndarray]]] = {}
     for j, (i, M) in enumerate(faces):
         Minv = np.linalg.inv(np.asarray(M, np.float64))
-        step = float(np.sqrt(abs(np.linalg.det(Minv[:2, :2]))))
-        factor = int(step // 2)
-        factor = factor if factor >= 2 else 1
+        factor = box_factor(Minv)  # the same pre-filter as warp_crop
         if factor > 1:
             down = np.array([[1 / factor, 0, 0.5 / factor - 0.5], [0, 1 / factor, 0.5 / factor - 0.5], [0, 0, 1]])
             Minv = down @ Minv
