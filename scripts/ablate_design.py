@@ -35,6 +35,22 @@ COLUMNS = {"mv_nme": "MV NME %", "mv_nme_lmcrop": "MV NME % (landmark crop)", "m
            "mf_nme_lmcrop": "MF NME % (landmark crop)"}
 
 
+def run_variants(config: str, variants: dict[str, list[str]], steps: int, out: Path, extra: list[str]) -> dict:
+    """Train each variant (its overrides + ``extra``) for ``steps`` steps into ``out/<name>`` (a finished
+    run is not trained again); returns ``{name: final validation figures}``, also in ``out/results.json``."""
+    results = {}
+    for name, overrides in variants.items():
+        run_dir = out / name
+        done = run_dir / "val.json"
+        if not done.exists() or json.loads(done.read_text())["step"] != steps:
+            sets = [*overrides, f"train.max_steps={steps}", f"train.val_every={steps}", "train.max_minutes=1e9", *extra]
+            train(load_config(config, sets), run_dir, resume=True)
+        results[name] = json.loads(done.read_text())
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "results.json").write_text(json.dumps(results, indent=1))
+    return results
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--config", default="training/configs/cpu_mbv1_3ddfa_128.toml")
@@ -44,16 +60,7 @@ def main() -> None:
     p.add_argument("--set", action="append", default=[], help="extra config overrides for every run")
     args = p.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    results = {}
-    for name in args.variants:
-        run_dir = args.out / name
-        done = run_dir / "val.json"
-        if not done.exists() or json.loads(done.read_text())["step"] != args.steps:
-            overrides = [*VARIANTS[name], f"train.max_steps={args.steps}", f"train.val_every={args.steps}",
-                         "train.max_minutes=1e9", *args.set]
-            train(load_config(args.config, overrides), run_dir, resume=True)
-        results[name] = json.loads(done.read_text())
-    (args.out / "results.json").write_text(json.dumps(results, indent=1))
+    results = run_variants(args.config, {n: VARIANTS[n] for n in args.variants}, args.steps, args.out, args.set)
     print(f"| variant ({args.steps} steps) | " + " | ".join(COLUMNS.values()) + " |")
     print("|---" * (len(COLUMNS) + 1) + "|")
     for name, figures in results.items():

@@ -12,11 +12,10 @@ Markdown table and written to ``<out>/results.json``. A run that already finishe
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 from pathlib import Path
 
-from training.train import load_config, train
+from ablate_design import run_variants  # scripts/: run as python scripts/ablate_loss_2d.py
 
 COLUMNS = {"mv_nme": "MV NME %", "mv_3d_cm": "3D error cm", "mv_pose_deg": "pose deg", "mf_nme": "MF NME %"}
 
@@ -30,15 +29,8 @@ def main() -> None:
     p.add_argument("--set", action="append", default=[], help="extra config overrides for every run")
     args = p.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    results = {}
-    for loss in args.losses:
-        run_dir = args.out / loss
-        if not (run_dir / "val.json").exists() or json.loads((run_dir / "val.json").read_text())["step"] != args.steps:
-            overrides = [f"loss.loss_2d={loss}", f"train.max_steps={args.steps}", f"train.val_every={args.steps}",
-                         "train.max_minutes=1e9", *args.set]
-            train(load_config(args.config, overrides), run_dir, resume=True)
-        results[loss] = json.loads((run_dir / "val.json").read_text())
-    (args.out / "results.json").write_text(json.dumps(results, indent=1))
+    variants = {loss: [f"loss.loss_2d={loss}"] for loss in args.losses}
+    results = run_variants(args.config, variants, args.steps, args.out, args.set)
     print(f"| 2D loss ({args.steps} steps) | " + " | ".join(COLUMNS.values()) + " |")
     print("|---" * (len(COLUMNS) + 1) + "|")
     for loss, figures in results.items():
