@@ -11,16 +11,15 @@ Prints the RSS after the warm-up cycles and at the end; a flat line means per-st
 from __future__ import annotations
 
 import argparse
-import json
 import signal
 import socket
 import subprocess
 import sys
 import tempfile
 import time
-import urllib.error
-import urllib.request
 from pathlib import Path
+
+from engine.api_client import request
 
 REPO = Path(__file__).resolve().parent.parent
 CONFIG = """
@@ -38,13 +37,7 @@ directory = "out"
 
 
 def call(api: str, method: str, path: str, body: dict | None = None) -> tuple[int, object]:
-    request = urllib.request.Request(api + path, data=json.dumps(body).encode() if body else None, method=method,
-                                     headers={"Content-Type": "application/json"})
-    try:
-        with urllib.request.urlopen(request, timeout=60) as response:
-            return response.status, json.loads(response.read())
-    except urllib.error.HTTPError as exc:
-        return exc.code, json.loads(exc.read())
+    return request(api, method, path, body, timeout=60)
 
 
 def rss_mib(pid: int) -> float:
@@ -69,10 +62,11 @@ def main() -> None:
         try:
             for _ in range(600):
                 try:
-                    if urllib.request.urlopen(api + "/ready", timeout=5).status == 200:
+                    if request(api, "GET", "/ready", timeout=5)[0] == 200:
                         break
-                except (urllib.error.URLError, ConnectionError):
-                    time.sleep(0.2)
+                except OSError:  # not listening yet
+                    pass
+                time.sleep(0.2)
             rss = [rss_mib(proc.pid)]
             spec = {"type": "file", "path": str(REPO / "samples" / "astronaut.mp4"), "max_frames": args.frames}
             for cycle in range(args.cycles):

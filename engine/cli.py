@@ -205,26 +205,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 def _api_request(args: argparse.Namespace, method: str, path: str, body: Any = None) -> tuple[int, Any]:
     """(HTTP status, decoded JSON) of one control API call; raises ``OSError`` when nothing answers."""
-    import urllib.error
-    import urllib.request
+    from engine.api_client import request
 
-    base = args.api if "://" in args.api else f"http://{args.api}"
-    headers = {"Accept": "application/json"}
-    if args.token_file:
-        headers["Authorization"] = f"Bearer {Path(args.token_file).read_text(encoding='utf-8').strip()}"
-    data = None
-    if body is not None:
-        data, headers["Content-Type"] = json.dumps(body).encode(), "application/json"
-    request = urllib.request.Request(base.rstrip("/") + path, data=data, method=method, headers=headers)
-    try:
-        with urllib.request.urlopen(request, timeout=args.timeout) as response:
-            return response.status, json.loads(response.read() or b"null")
-    except urllib.error.HTTPError as exc:  # 4xx/5xx: the API's JSON error
-        raw = exc.read()
-        try:
-            return exc.code, json.loads(raw)
-        except ValueError:
-            return exc.code, {"detail": raw.decode(errors="replace").strip() or exc.reason}
+    token = Path(args.token_file).read_text(encoding="utf-8").strip() if args.token_file else None
+    return request(args.api, method, path, body, token, args.timeout)
 
 
 def _option_value(text: str) -> Any:
@@ -257,7 +241,11 @@ def cmd_streams(args: argparse.Namespace) -> int:
     try:
         if args.action == "add":
             if args.json:
-                spec = json.loads(args.json)
+                try:
+                    spec = json.loads(args.json)
+                except ValueError as exc:
+                    print(f"error: --json: {exc}", file=sys.stderr)
+                    return 2
             else:
                 spec = {"type": args.type, "id": args.id}
                 for item in args.options:
@@ -271,8 +259,8 @@ def cmd_streams(args: argparse.Namespace) -> int:
             code, reply = _api_request(args, "DELETE", f"/streams/{quote(args.id, safe='')}?wait_s={args.wait}")
         else:
             code, reply = _api_request(args, "GET", "/streams")
-    except ValueError as exc:  # --json that is not JSON
-        print(f"error: --json: {exc}", file=sys.stderr)
+    except ValueError as exc:  # an --api that is not HOST:PORT
+        print(f"error: {exc}", file=sys.stderr)
         return 2
     except OSError as exc:  # nothing listening, token file missing
         reason = getattr(exc, "reason", None) or exc.strerror or exc

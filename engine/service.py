@@ -36,21 +36,13 @@ from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from prometheus_client.exposition import choose_encoder
 from starlette.concurrency import run_in_threadpool
 
+from engine.api_client import DEFAULT_API, parse_address  # noqa: F401  (re-exported: the CLI's names)
 from engine.config import ConfigError
 from engine.runtime import NotRunning, Pipeline, SourceRejected, StreamConflict
 
 log = logging.getLogger(__name__)
 
-DEFAULT_API = "127.0.0.1:8080"
 REMOVE_WAIT_S = 30.0  # DELETE waits this long for the stream's end-of-stream by default
-
-
-def parse_address(text: str) -> tuple[str, int]:
-    """``host:port`` or ``[v6]:port`` -> (host, port); ``ValueError`` naming what is wrong."""
-    host, sep, port = text.rpartition(":")
-    if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
-        raise ValueError(f"{text!r}: expected HOST:PORT, e.g. {DEFAULT_API} or [::1]:8080")
-    return host.strip("[]"), int(port)
 
 
 def is_loopback(host: str) -> bool:

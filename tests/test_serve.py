@@ -4,14 +4,12 @@ the ``stream`` label of ``/metrics``, and the process's memory over many add/rem
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import subprocess
 import sys
 import threading
 import time
-import urllib.error
 import urllib.request
 from pathlib import Path
 
@@ -19,6 +17,7 @@ import pytest
 from clips import make_clip
 from test_sources import free_port, serve_mpegts
 
+from engine.api_client import request
 from engine.client import read_messages
 from engine.messages import EndOfStream, FrameMessage
 
@@ -44,13 +43,7 @@ directory = "out"
 
 
 def call(api: str, method: str, path: str, body: dict | None = None) -> tuple[int, object]:
-    data = json.dumps(body).encode() if body is not None else None
-    request = urllib.request.Request(api + path, data=data, method=method, headers={"Content-Type": "application/json"})
-    try:
-        with urllib.request.urlopen(request, timeout=60) as response:
-            return response.status, json.loads(response.read())
-    except urllib.error.HTTPError as exc:
-        return exc.code, json.loads(exc.read())
+    return request(api, method, path, body, timeout=60)
 
 
 def streams(api: str) -> dict[str, dict]:
@@ -94,9 +87,8 @@ def served(tmp_path):
     try:
         def ready() -> bool:
             try:
-                return call(api, "GET", "/streams")[0] == 200 and \
-                    urllib.request.urlopen(api + "/ready", timeout=5).status == 200
-            except (urllib.error.URLError, ConnectionError):
+                return call(api, "GET", "/streams")[0] == 200 and call(api, "GET", "/ready")[0] == 200
+            except OSError:  # not listening yet
                 return False
 
         wait_for(ready, 120, "the API to be ready", proc)
