@@ -125,18 +125,35 @@ def add_preview_sink(config: PipelineConfig, directory: Path) -> None:
     config.sinks.append(PluginSpec(role="sink", type="overlay", cls=cls, options=options, path=path))
 
 
-def cmd_run(args: argparse.Namespace) -> int:
+def _checked_config(path: str, require_sources: bool = True) -> PipelineConfig | None:
+    """The config, checked as ``run`` and ``serve`` need it (stage order, inputs, bundles); None after
+    printing what is wrong (the caller exits 2)."""
     from engine.checks import check_pipeline
-    from engine.metrics import format_summary
-    from engine.runtime import EXIT_INPUTS_FAILED, Pipeline, PipelineStartError, exit_code
 
     try:
-        config = load_config(args.config)
+        config = load_config(path, require_sources=require_sources)
         errors, _ = check_pipeline(config)
         if errors:
-            raise ConfigError(errors, str(args.config))
+            raise ConfigError(errors, str(path))
     except ConfigError as exc:
         print(str(exc), file=sys.stderr)
+        return None
+    return config
+
+
+def _print_summary(summary: dict, summary_json: str | None) -> None:
+    from engine.metrics import format_summary
+
+    print(format_summary(summary))
+    if summary_json:
+        Path(summary_json).write_text(json.dumps(summary, indent=2))
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from engine.runtime import EXIT_INPUTS_FAILED, Pipeline, PipelineStartError, exit_code
+
+    config = _checked_config(args.config)
+    if config is None:
         return 2
     if args.preview:
         add_preview_sink(config, args.preview)
@@ -147,9 +164,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     except PipelineStartError as exc:
         log.error("%s", exc)
         return 1
-    print(format_summary(summary))
-    if args.summary_json:
-        Path(args.summary_json).write_text(json.dumps(summary, indent=2))
+    _print_summary(summary, args.summary_json)
     code = exit_code(summary)
     if code == EXIT_INPUTS_FAILED:
         failed = sum(len(v) for v in summary["source_errors"].values())
@@ -159,18 +174,11 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from engine.checks import check_pipeline
-    from engine.metrics import format_summary
     from engine.runtime import EXIT_FATAL, EXIT_OK, Pipeline, PipelineStartError
     from engine.service import ApiServer, InsecureAddress, parse_address, read_token
 
-    try:
-        config = load_config(args.config, require_sources=False)
-        errors, _ = check_pipeline(config)
-        if errors:
-            raise ConfigError(errors, str(args.config))
-    except ConfigError as exc:
-        print(str(exc), file=sys.stderr)
+    config = _checked_config(args.config, require_sources=False)
+    if config is None:
         return 2
     try:
         host, port = parse_address(args.api)
@@ -196,9 +204,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         return 1
     finally:
         api.stop()
-    print(format_summary(summary))
-    if args.summary_json:
-        Path(args.summary_json).write_text(json.dumps(summary, indent=2))
+    _print_summary(summary, args.summary_json)
     # a service's inputs come and go: one that failed is reported in its status, not in the exit code
     return EXIT_FATAL if summary.get("fatal") else EXIT_OK
 
