@@ -6,8 +6,8 @@ real photos of ``../shared/assets/images/`` and write one contact sheet:
 
 It runs the same stage plugins as ``python -m engine run`` (no tracking: each photo is its own stream).
 ``--wild`` draws frames of real clips in ``../shared/assets/wild/videos/`` instead: every 10th frame of
-every clip is run, and the sheet shows the frames with the largest predicted |yaw| and |pitch| (the
-held-out validation clips are marked with * in the log).
+every clip is run, and the sheet shows the frames with the largest predicted |yaw| and |pitch|, one per
+clip (held-out validation clips included; a wrong large prediction shows up there too).
 """
 
 from __future__ import annotations
@@ -32,11 +32,13 @@ PHOTOS = ["pyfeat_single_face.jpg", "skimage_astronaut.png", "3ddfa_v2_JianzhuGu
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--bundle", type=Path, default=default_bundle())
-    ap.add_argument("--out", type=Path, default=REPO_ROOT / "docs" / "predictions_photos.jpg")
+    ap.add_argument("--out", type=Path, help="default: docs/predictions_photos.jpg, or docs/predictions_wild.jpg with --wild")
     ap.add_argument("--tile-height", type=int, default=480)
     ap.add_argument("--wild", action="store_true", help="frames of the wild clips with large yaw and pitch")
     ap.add_argument("--tiles", type=int, default=8, help="--wild: frames on the sheet")
     args = ap.parse_args()
+    if args.out is None:
+        args.out = REPO_ROOT / "docs" / ("predictions_wild.jpg" if args.wild else "predictions_photos.jpg")
     if args.wild:
         return wild_sheet(args)
 
@@ -74,7 +76,6 @@ def main() -> None:
 def wild_sheet(args) -> None:
     from training.mf import iter_frames
 
-    out = args.out if args.out != REPO_ROOT / "docs" / "predictions_photos.jpg" else REPO_ROOT / "docs" / "predictions_wild.jpg"
     detector = CenterFaceDetector(CenterFaceDetector.Options(input_size=640))
     landmarks = LandmarkStage(LandmarkStage.Options(bundle=str(args.bundle), backend="onnxruntime", tracking=False))
     detector.start()
@@ -117,8 +118,8 @@ def wild_sheet(args) -> None:
         for tile in row:
             sheet.paste(tile, (x, r * h))
             x += tile.width
-    sheet.save(out, quality=85)
-    print(f"wrote {out}")
+    sheet.save(args.out, quality=85)
+    print(f"wrote {args.out}")
 
 
 if __name__ == "__main__":

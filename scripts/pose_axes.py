@@ -65,8 +65,7 @@ def render_views(identities: int, size: int, seed: int):
         for az, el in rig_views():
             cam = orbit_camera(az, el, size, size, f, DEFAULT_DISTANCE_CM, roll=float(rng.uniform(-30, 30)))
             r = gen.render(identity, cam)
-            yield (np.clip(r.image * 255 + 0.5, 0, 255).astype(np.uint8) if r.image.dtype != np.uint8 else r.image,
-                   cam, r.landmarks_head, r.landmarks_2d)
+            yield r.image, cam, r.landmarks_head, r.landmarks_2d
 
 
 def main(argv: list[str] | None = None) -> dict:
