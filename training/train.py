@@ -46,8 +46,9 @@ class OptimConfig(BaseModel):
     max_steps: int = 50_000
     max_minutes: float | None = None  # stop (with a checkpoint) after this much wall time in this run
     grad_clip: float = 1.0
-    # a later stage (e.g. different loss weights): start from this checkpoint's model weights, with a fresh
-    # optimiser and schedule (relative to the working directory); --resume of this run takes precedence
+    # a later stage (e.g. different loss weights) or a smaller model: start from the weights of a checkpoint
+    # (.pt), bundle folder or .safetensors file whose names and shapes match, with a fresh optimiser and
+    # schedule (relative to the working directory); --resume of this run takes precedence
     init_from: str | None = None
     # initialise the encoder from a local weights file (safetensors; never a download): a path relative
     # to the config's folder, or "shared:<path>" under the shared assets folder (FACELIFT_SHARED), e.g.
@@ -134,6 +135,34 @@ def init_backbone(model, spec: str) -> None:
             raise KeyError(f"{path}: lacks {len(result.missing_keys)} encoder tensors, e.g. {result.missing_keys[:3]}")
         unused = result.unexpected_keys
     log.info("encoder initialised from %s (%d tensors, %d unused: %s)", path, len(state), len(unused), unused[:4])
+
+
+def init_from(model, scales, spec: str) -> None:
+    """Start from another model's weights (train.init_from): a training checkpoint (``.pt``), a bundle
+    folder or a ``.safetensors`` file. Every tensor whose name and shape match is copied, so a smaller
+    or reshaped architecture keeps what it shares with the source (e.g. a trained encoder) and the rest
+    keeps its fresh initialisation; both counts are logged."""
+    from safetensors.torch import load_file
+
+    path = Path(spec)
+    ck: dict = {}
+    if path.is_dir():
+        state = load_file(str(path / "model.safetensors"))
+    elif path.suffix == ".safetensors":
+        state = load_file(str(path))
+    else:
+        ck = torch.load(path, map_location="cpu", weights_only=False)
+        state = ck["model"]
+    own = model.state_dict()
+    matching = {k: v.to(own[k].dtype) for k, v in state.items() if k in own and own[k].shape == v.shape}
+    if not matching:
+        raise ValueError(f"train.init_from: {path} shares no tensor (name and shape) with this model")
+    model.load_state_dict(matching, strict=False)
+    fresh = [k for k in own if k not in matching and not k.endswith("num_batches_tracked")]
+    if scales is not None and "loss_scales" in ck:
+        scales.load_state_dict(ck["loss_scales"])
+    log.info("initialised %d of %d tensors from %s (%d fresh, e.g. %s)", len(matching), len(own), path,
+             len(fresh), fresh[:3])
 
 
 def param_groups(model, scales, tc: "OptimConfig") -> list[dict]:
@@ -290,11 +319,7 @@ def train(cfg: TrainConfig, out: str | Path, resume: bool = False, stop_after: i
         step, elapsed, val_figures = ck["step"], ck["elapsed_s"], ck.get("validation", {})
         log.info("resumed %s at step %d", ckpt_path, step)
     elif tc.init_from:
-        ck = torch.load(tc.init_from, map_location=device, weights_only=False)
-        model.load_state_dict(ck["model"])
-        if scales is not None and "loss_scales" in ck:
-            scales.load_state_dict(ck["loss_scales"])
-        log.info("initialised from %s", tc.init_from)
+        init_from(model, scales, tc.init_from)
     if resume and not ckpt_path.exists():
         log.info("--resume: no checkpoint at %s; starting a new run", ckpt_path)
 

@@ -86,6 +86,8 @@ class Attention(nn.Module):
     def __init__(self, dim: int, heads: int):
         super().__init__()
         self.heads = heads
+        # a constant, not SDPA's default: the export then has no per-call Shape/Cast/Sqrt/Div for it
+        self.scale = (dim // heads) ** -0.5
         self.q = nn.Linear(dim, dim)
         self.kv = nn.Linear(dim, 2 * dim)
         self.proj = nn.Linear(dim, dim)
@@ -95,7 +97,7 @@ class Attention(nn.Module):
         h = self.heads
         q = self.q(x).reshape(B, N, h, D // h).transpose(1, 2)
         k, v = self.kv(context).reshape(B, context.shape[1], 2, h, D // h).permute(2, 0, 3, 1, 4)
-        out = F.scaled_dot_product_attention(q, k, v)
+        out = F.scaled_dot_product_attention(q, k, v, scale=self.scale)
         return self.proj(out.transpose(1, 2).reshape(B, N, D))
 
 
