@@ -20,6 +20,7 @@ from typing import Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from engine.context import PipelineContext
 from engine.frame import Frame
 
 ENTRY_POINT_GROUP = "engine.plugins"
@@ -64,6 +65,20 @@ class Plugin:
         # per-stream event counters (decode_errors, reconnects, outages, sink_drops, ...): summary, metrics, eos
         self.counters: Counter[tuple[str, str]] = Counter()
         self.on_count: Callable[[str, str, int], None] | None = None  # set by the runtime (metrics)
+
+    @property
+    def context(self) -> PipelineContext:
+        """What the plugins of this plugin's pipeline share (e.g. ``context.redetect``), set by the runtime
+        before ``start()``. A plugin used without a runtime gets a private one on first use; assign one
+        :class:`~engine.context.PipelineContext` to several plugins to connect them by hand."""
+        context = self.__dict__.get("_context")
+        if context is None:  # also without super().__init__; setdefault: one context even if two threads race
+            context = self.__dict__.setdefault("_context", PipelineContext())
+        return context
+
+    @context.setter
+    def context(self, context: PipelineContext) -> None:
+        self.__dict__["_context"] = context
 
     def count(self, stream_id: str, event: str, n: int = 1) -> None:
         """Count ``n`` events (e.g. ``"decode_errors"``) on ``stream_id``."""

@@ -38,6 +38,7 @@ from tqdm import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
 from engine.config import ConfigError, PipelineConfig, PluginSpec, parse_source
+from engine.context import PipelineContext
 from engine.frame import Frame
 from engine.metrics import Metrics, format_summary
 from engine.plugin import Plugin, Sink, Source, Stage
@@ -242,6 +243,8 @@ class Pipeline:
         self.stop_event = threading.Event()
         self.abort_event = threading.Event()
         self.metrics: Metrics | None = None
+        # shared by this pipeline's plugins only (redetect requests, ...): set as plugin.context before start()
+        self.context = PipelineContext()
         self._plugins: list[tuple[PluginSpec, Plugin]] = []
         self._threads: list[threading.Thread] = []
         self._source_threads: list[threading.Thread] = []
@@ -389,6 +392,7 @@ class Pipeline:
 
     def _attach(self, handle: _SourceHandle) -> None:
         source = handle.source
+        source.context = self.context
         source.stop_event = handle.stop
         source.on_count = self.metrics.count
 
@@ -439,6 +443,7 @@ class Pipeline:
             try:
                 plugin = spec.create()
                 self._plugins.append((spec, plugin))
+                plugin.context = self.context
                 plugin.stop_event = self.stop_event
                 plugin.on_count = self.metrics.count
                 if isinstance(plugin, Sink):

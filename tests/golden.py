@@ -36,8 +36,8 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
 import plugins.landmarks.stage as stage_module  # noqa: E402
-from engine import redetect  # noqa: E402
 from engine.assets import sample_clip  # noqa: E402
+from engine.context import PipelineContext  # noqa: E402
 from plugins.detectors.centerface import CenterFaceDetector  # noqa: E402
 from plugins.landmarks.stage import LandmarkStage  # noqa: E402
 from plugins.sources.pyav_source import FileSource  # noqa: E402
@@ -73,9 +73,9 @@ def _run(config: str, max_frames: int | None) -> dict[str, np.ndarray]:
     frames = list(source.frames(threading.Event()))
     detector = CenterFaceDetector(CenterFaceDetector.Options(input_size=320, detect_every=CONFIGS[config]))
     stage = LandmarkStage(LandmarkStage.Options(backend="onnxruntime", tracking=True, smoothing=True))
+    detector.context = stage.context = PipelineContext()  # as one pipeline: lost tracks reach the detector
     detector.start()
     stage.start()
-    redetect.take("golden")  # no stale request from an earlier run in this process
     try:
         for i in range(0, len(frames), BATCH):
             stage.process(detector.process(frames[i : i + BATCH]))

@@ -9,9 +9,9 @@ import threading
 import numpy as np
 import pytest
 
-from engine import redetect
 from engine.client import read_messages
 from engine.config import parse_config
+from engine.context import PipelineContext
 from engine.crop import crop_matrix, crop_to_image, roi_from_box, transform_points, warp_crop
 from engine.frame import Frame
 from engine.geometry import project, rotation_from_euler
@@ -194,7 +194,7 @@ def test_lost_track_asks_the_detector_for_a_detection(bundle, detected_frames):
     detector = CenterFaceDetector(CenterFaceDetector.Options(input_size=320, detect_every=10))
     detector.start()
     stage = make_stage(bundle, lost_confidence=0.99)  # the untrained model's ~0.37 counts as lost
-    redetect.take("lost")
+    detector.context = stage.context = PipelineContext()  # as the runtime does for one pipeline
     out = [stage.process(detector.process([f]))[0] for f in frames]
     stage.close()
     assert [f.meta["detected"] for f in out] == [True, False, True, False]
@@ -264,7 +264,7 @@ def test_confidence_drop_asks_for_a_detection_and_keeps_the_track(bundle, detect
         return out
 
     monkeypatch.setattr(stage.backend, "infer", dip_on_third_call)
-    redetect.take("dip")
+    detector.context = stage.context = PipelineContext()
     out = [stage.process(detector.process([f]))[0] for f in frames]
     stage.close()
     assert [f.meta["detected"] for f in out] == [True, False, False, True, False, False]

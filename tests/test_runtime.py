@@ -1,5 +1,6 @@
 """Runtime: real decoding + the real CenterFace stage, order per stream, end-of-stream, batching,
-drop-oldest for live sources, stage failures counted (not fatal), start failures fatal."""
+drop-oldest for live sources, stage failures counted (not fatal), start failures fatal, one context per
+pipeline (re-detection requests of one pipeline never reach another)."""
 
 import threading
 
@@ -10,6 +11,7 @@ from clips import make_clip
 
 from engine.client import read_messages
 from engine.config import parse_config
+from engine.context import PipelineContext
 from engine.frame import Frame
 from engine.messages import EndOfStream, FrameMessage
 from engine.plugin import PluginOptions, Stage, discover
@@ -53,6 +55,37 @@ class SlowStage(Stage):
 
     def process(self, frames: list[Frame]) -> list[Frame]:
         threading.Event().wait(0.02 * len(frames))
+        return frames
+
+
+class RequestStage(Stage):
+    """Asks for a re-detection on every frame and never forgets it (as a landmark stage losing its track)."""
+
+    name = "request"
+
+    class Options(PluginOptions):
+        pass
+
+    def process(self, frames: list[Frame]) -> list[Frame]:
+        for f in frames:
+            self.context.redetect.request(f.stream_id)
+        return frames
+
+
+class TakeStage(Stage):
+    """Records, per frame, whether a re-detection was pending for its stream (as the detector asks)."""
+
+    name = "take"
+
+    class Options(PluginOptions):
+        pass
+
+    def __init__(self, options):
+        super().__init__(options)
+        self.taken: list[bool] = []
+
+    def process(self, frames: list[Frame]) -> list[Frame]:
+        self.taken += [self.context.redetect.take(f.stream_id) for f in frames]
         return frames
 
 
@@ -204,3 +237,43 @@ def test_prometheus_metrics_served_during_run(clips, tmp_path):
     assert result["streams"]["face"]["frames"] == 24
     with pytest.raises(OSError):  # the server is shut down with the pipeline
         urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2)
+
+
+def test_redetect_requests_stay_in_their_pipeline(clips, tmp_path):
+    # two pipelines in one process, same stream id: A's pending requests must not reach B's "detector"
+    plugins = discover() | {"request": RequestStage, "take": TakeStage}
+
+    def pipeline(stage: str, folder: str) -> Pipeline:
+        return Pipeline(parse_config({"sources": [{"type": "file", "id": "cam", "path": str(clips["noface"])}],
+                                      "stages": [{"type": stage}],
+                                      "sinks": [{"type": "file_sink", "directory": str(tmp_path / folder)}]}, plugins))
+
+    a, b = pipeline("request", "a"), pipeline("take", "b")
+    assert a.context is not b.context
+    a.run(handle_signals=False)
+    assert a.context.redetect.pending() == {"cam"}  # left pending on purpose (RequestStage never forgets)
+    b.run(handle_signals=False)
+    (taker,) = b._stages
+    assert taker.context is b.context and len(taker.taken) == 16 and not any(taker.taken)
+    assert b.context.redetect.pending() == set() and a.context.redetect.pending() == {"cam"}
+
+
+def test_plugins_get_their_pipelines_context_or_a_private_one():
+    ctx_a, ctx_b = PipelineContext(), PipelineContext()
+    ctx_a.redetect.request("cam")
+    assert not ctx_b.redetect.take("cam") and ctx_a.redetect.pending() == {"cam"}
+    assert ctx_a.redetect.take("cam") and not ctx_a.redetect.take("cam")  # once
+    ctx_a.redetect.request("cam")
+    ctx_a.redetect.forget("cam")
+    assert not ctx_a.redetect.pending()
+
+    # built outside a runtime: each stage has its own context (stable), unless one is given to both
+    one, two = RequestStage(RequestStage.Options()), TakeStage(TakeStage.Options())
+    assert one.context is one.context and one.context is not two.context
+    one.process([Frame("cam", 0, None, 0.0, np.zeros((2, 2, 3), np.uint8))])
+    assert two.process([Frame("cam", 0, None, 0.0, np.zeros((2, 2, 3), np.uint8))]) and two.taken == [False]
+    shared = PipelineContext()
+    one.context = two.context = shared
+    one.process([Frame("cam", 1, None, 0.0, np.zeros((2, 2, 3), np.uint8))])
+    two.process([Frame("cam", 1, None, 0.0, np.zeros((2, 2, 3), np.uint8))])
+    assert two.taken == [False, True]

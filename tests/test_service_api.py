@@ -15,7 +15,6 @@ import pytest
 from clips import make_clip
 from test_sources import free_port, serve_mpegts
 
-from engine import redetect
 from engine.cli import main
 from engine.config import ConfigError, parse_config
 from engine.plugin import PluginOptions, Stage, discover
@@ -41,12 +40,12 @@ class StatefulStage(Stage):
     def process(self, frames):
         for f in frames:
             self.per_stream[f.stream_id] = self.per_stream.get(f.stream_id, 0) + 1
-            redetect.request(f.stream_id)  # state outside the stage too: forgotten by the detector's hook
+            self.context.redetect.request(f.stream_id)  # state outside the stage too: forgotten by the detector's hook
         return frames
 
     def end_of_stream(self, stream_id: str) -> None:
         self.per_stream.pop(stream_id, None)
-        redetect.forget(stream_id)
+        self.context.redetect.forget(stream_id)
         self.ended.append(stream_id)
 
 
@@ -93,6 +92,7 @@ def wait_state(pipeline: Pipeline, sid: str, states: tuple[str, ...], timeout: f
 def test_python_api_adds_removes_and_releases_per_stream_state(service, clips):
     stages = {type(s).__name__: s for s in service._stages}
     stateful, tracker, detector = stages["StatefulStage"], stages["TrackerStage"], stages["CenterFaceDetector"]
+    assert all(plugin.context is service.context for plugin in [*service._stages, *service._sinks])
     service.add_source({"type": "file", "id": "short", "path": str(clips["short"])})
     service.add_source({"type": "file", "id": "paced", "path": str(clips["long"]), "realtime": True})
     with pytest.raises(StreamConflict, match="'short' in use"):
@@ -114,7 +114,7 @@ def test_python_api_adds_removes_and_releases_per_stream_state(service, clips):
     final = service.remove_source("paced")
     assert final["removed"] and final["state"] == "ended" and 0 < final["frames"] < 150 and paced["frames"] <= final["frames"]
     assert "paced" in stateful.ended and "paced" not in stateful.per_stream and "paced" not in tracker.trackers
-    assert "paced" not in detector._since_detection and "paced" not in redetect.pending()
+    assert "paced" not in detector._since_detection and "paced" not in service.context.redetect.pending()
     assert [s["id"] for s in service.streams()] == ["short"]
     assert "paced" not in service.metrics.streams and 'stream="paced"' not in _metrics_text(service)
     assert all(k[0] != "paced" for plugin in service._sinks for k in plugin.counters)

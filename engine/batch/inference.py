@@ -15,6 +15,7 @@ from typing import Any
 
 from engine.assets import default_bundle
 from engine.config import PipelineConfig
+from engine.context import PipelineContext
 from engine.frame import Frame
 from engine.plugin import Stage
 
@@ -84,10 +85,12 @@ class StageRunner:
             raise ValueError(f"{config.path or 'config'}: no [[stages]] to run (a batch job needs at least a detector)")
         self.names = [s.type for s in config.stages]
         self.stages: list[Stage] = []
+        self.context = PipelineContext()  # shared by these stages (redetect requests)
         try:
             for spec in config.stages:
                 stage = spec.create()
                 self.stages.append(stage)  # type: ignore[arg-type]
+                stage.context = self.context
                 stage.start()
         except Exception as exc:
             self.close()

@@ -20,7 +20,6 @@ import cv2
 import numpy as np
 from pydantic import Field, field_validator
 
-from engine import redetect
 from engine.frame import Face, Frame
 from engine.plugin import PluginOptions, Stage
 
@@ -263,13 +262,13 @@ class CenterFaceDetector(Stage):
 
     def end_of_stream(self, stream_id: str) -> None:
         self._since_detection.pop(stream_id, None)
-        redetect.forget(stream_id)
+        self.context.redetect.forget(stream_id)
 
     def _should_detect(self, frame: Frame) -> bool:
         """Every ``detect_every``-th frame of a stream, its first frame, and when a later stage asked."""
         every = self.options.detect_every
         since = self._since_detection.get(frame.stream_id)
-        requested = redetect.take(frame.stream_id) if every > 1 else False
+        requested = self.context.redetect.take(frame.stream_id) if every > 1 else False
         if since is None or since + 1 >= every or requested:
             self._since_detection[frame.stream_id] = 0
             if frame.meta.get("end_of_stream"):

@@ -11,7 +11,7 @@ stage) gives ``track_id``s. On
 frames the detector skipped (``centerface.detect_every``: ``meta["detected"] = False``) faces come from
 the stream's live tracks, cropped from their last landmarks; a track whose mean confidence falls below
 ``lost_confidence`` ends and the stream asks the detector for a fresh detection
-(:mod:`engine.redetect`); one whose confidence drops below ``redetect_drop`` x its running mean asks too
+(``context.redetect``); one whose confidence drops below ``redetect_drop`` x its running mean asks too
 but keeps its track. Because frame k+1 may then crop from frame k's result, a batch is run in
 waves (wave i = the i-th frame of every stream, so faces still batch across streams); without such a
 dependency (``crop_from = "box"`` on detected frames) the whole batch is one wave. Smoothing
@@ -30,7 +30,6 @@ from typing import Literal
 import numpy as np
 from pydantic import Field
 
-from engine import redetect
 from engine.bundle import Bundle
 from engine.crop import crop_face, crop_matrix, roi_from_box
 from engine.frame import Face, Frame
@@ -165,7 +164,7 @@ class LandmarkStage(Stage):
     def end_of_stream(self, stream_id: str) -> None:
         # also for streams that stopped or were removed without an end_of_stream frame
         self.streams.pop(stream_id, None)
-        redetect.forget(stream_id)  # a request this stage made for its last frames
+        self.context.redetect.forget(stream_id)  # a request this stage made for its last frames
 
     def _dependent(self, frames: list[Frame]) -> bool:
         """Does a frame's crop depend on the previous frame's result (so frames must go in waves)?"""
@@ -217,7 +216,7 @@ class LandmarkStage(Stage):
                 face = st.tracker.face_from(t, keypoints_from_landmarks(t.landmarks + shift))
                 jobs.append(_Job(face, crop_matrix(roi_from_track(t), size)))
             if not jobs:
-                redetect.request(frame.stream_id)
+                self.context.redetect.request(frame.stream_id)
         return jobs
 
     def _infer(self, wave: list[Frame], jobs: list[list[_Job]]) -> None:
@@ -247,7 +246,7 @@ class LandmarkStage(Stage):
             if not frame.meta.get("detected", True):
                 frame.faces = [job.face for job in jobs]  # the faces followed from the tracks
             if st.tracker.update(frame):
-                redetect.request(frame.stream_id)
+                self.context.redetect.request(frame.stream_id)
             if st.smoother is not None:
                 st.smoother.update(frame.faces, frame_timestamp(frame), st.tracker.live_ids, self._normals)
             if frame.meta.get("end_of_stream"):
