@@ -1,11 +1,13 @@
 """fp32 vs int8 (Q/DQ) ONNX on CPU with onnxruntime: faces/s at batch 1 and 32, and accuracy deltas.
 
-``python benchmarks/bench_int8.py [--bundle DIR] [--out DIR] [--seconds 5]``
+``python benchmarks/bench_int8.py [--bundle DIR] [--out DIR] [--seconds 5] [--dataset DIR]``
 
 Without ``--bundle`` it uses the default bundle (engine.assets.default_bundle()) when it exists, else
 an UNTRAINED ViT-Tiny-128 (training/configs/cpu_vit_tiny_128.toml) exported with training.bundle, so
 the accuracy deltas then describe random weights only. Calibration and held-out crops come from
-calibration/dataset.py (real video faces + generator renders); deltas are against PyTorch fp32.
+calibration/dataset.py: real video faces, and generator renders (with ground truth: the "GT NME change"
+row) from the MV samples of a ``python -m training.pseudolabel`` folder given with ``--dataset``;
+deltas are against PyTorch fp32.
 """
 
 from __future__ import annotations
@@ -60,6 +62,8 @@ def main() -> None:
     p.add_argument("--out", help="where the ONNX pair goes (default: a temp dir)")
     p.add_argument("--seconds", type=float, default=5.0, help="timing per configuration")
     p.add_argument("--method", choices=["entropy", "percentile"], default="entropy")
+    p.add_argument("--dataset", nargs="*", default=[], type=Path, metavar="DIR",
+                   help="pseudo-label dataset folder(s): synthetic crops from their MV samples (default: none)")
     args = p.parse_args()
     logging.basicConfig(level=logging.WARNING)
     tmp = Path(tempfile.mkdtemp(prefix="bench_int8."))
@@ -73,7 +77,8 @@ def main() -> None:
     model = load_reference_model(bundle)
     export_onnx(model, model.cfg, out / FP32_ONNX)
 
-    calib, heldout = build_crop_sets(CropSetConfig(frames_per_video=8, renders=24, num_calibration=96), bundle.input_size)
+    calib, heldout = build_crop_sets(CropSetConfig(frames_per_video=8, renders=24, num_calibration=96,
+                                                   dataset=args.dataset), bundle.input_size)
     calibrate(out / FP32_ONNX, bundle.preprocess(calib.crops), out, QuantConfig(method=args.method))
     x = bundle.preprocess(heldout.crops)
     ref = torch_outputs(model, x)

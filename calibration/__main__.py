@@ -1,7 +1,8 @@
-"""``python -m calibration --bundle DIR --onnx model.fp32.onnx --out DIR [--method entropy|percentile]``
+"""``python -m calibration --bundle DIR --onnx model.fp32.onnx --out DIR [--method entropy|percentile] [--dataset DIR]``
 
-Selects the calibration crops (calibration/dataset.py), computes entropy and percentile ranges, and
-writes the Q/DQ ONNX, ``calibration.cache``, ``calibration.json``, ``ranges/`` and ``crops.json``
+Selects the calibration crops (calibration/dataset.py: real video faces, plus synthetic ones from the MV
+samples of a ``python -m training.pseudolabel`` folder given with ``--dataset``), computes entropy and
+percentile ranges, and writes the Q/DQ ONNX, ``calibration.cache``, ``calibration.json``, ``ranges/`` and ``crops.json``
 into ``--out``. ``python -m training.build_engine --precision int8`` runs the same steps and validates
 the result; this entry point is for calibrating on its own (other crop counts, methods, exclusions).
 """
@@ -27,7 +28,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--percentile", type=float, default=99.999)
     p.add_argument("--num-calibration", type=int, default=CropSetConfig().num_calibration)
     p.add_argument("--frames-per-video", type=int, default=CropSetConfig().frames_per_video)
-    p.add_argument("--renders", type=int, default=CropSetConfig().renders)
+    p.add_argument("--dataset", nargs="*", default=None, metavar="DIR", type=Path,
+                   help="pseudo-label dataset folder(s) from `python -m training.pseudolabel`: synthetic crops "
+                        "from their MV samples (default: none, real video faces only)")
+    p.add_argument("--renders", type=int, default=CropSetConfig().renders,
+                   help="synthetic crops per split from --dataset (0: none)")
     p.add_argument("--videos", nargs="*", default=None)
     p.add_argument("--keep-float", nargs="*", default=[], metavar="REGEX", help="extra node-name regexes kept in float")
     p.add_argument("--quantize-heads", action="store_true", help="quantise the output heads too (not advised)")
@@ -39,7 +44,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         bundle = load_bundle(args.bundle)
         crop_cfg = CropSetConfig(num_calibration=args.num_calibration, frames_per_video=args.frames_per_video,
-                                 renders=args.renders, videos=args.videos)
+                                 renders=args.renders, videos=args.videos, dataset=args.dataset or [])
         calib, _ = build_crop_sets(crop_cfg, bundle.input_size)
         out = Path(args.out)
         out.mkdir(parents=True, exist_ok=True)

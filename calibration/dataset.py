@@ -4,11 +4,16 @@ Two sources, both cropped with ``engine.crop`` exactly as the engine crops:
 - real faces: frames of the shared talking-face videos (``/work/shared/assets/videos``), decoded with
   PyAV, the best CenterFace box per frame, ``roi_from_box``. Yaw is estimated from the detector's five
   keypoints (:func:`keypoint_yaw`); there is no ground truth, so ``landmarks`` are NaN;
-- synthetic faces: ``training.generators`` renders from random orbit cameras, ``roi_from_landmarks``
-  (the engine's tracking crop); yaw is the camera's, ground-truth 2D landmarks are known.
+- synthetic faces, only when a pseudo-label dataset folder is given (``CropSetConfig.dataset``, CLI
+  ``--dataset DIR``): the MV samples (generator renders) of a folder ``python -m training.pseudolabel``
+  wrote, read with engine/dataset_format.py (calibration does not import training),
+  ``roi_from_landmarks`` on the generator's exact landmarks projected by the sample's camera (the
+  engine's tracking crop); yaw is the camera's, ground-truth 2D landmarks are known. Without a folder
+  the crops are real faces only (one log line says how to add synthetic ones).
 
 Held-out crops never share a video or a generator identity with the calibration crops (videos are
-split by file, renders by seed range), so validation figures are not measured on calibration data.
+split by file, dataset samples by identity seed), so validation figures are not measured on
+calibration data.
 """
 
 from __future__ import annotations
@@ -24,8 +29,9 @@ from engine.crop import crop_matrix, roi_from_box, roi_from_landmarks, transform
 
 log = logging.getLogger(__name__)
 
-RENDER_SEED_CALIB = 10_000  # generator identity seeds: calibration from here ...
-RENDER_SEED_HELDOUT = 20_000  # ... held-out from here (disjoint identities)
+SYNTHETIC_HINT = ("synthetic crops: none, real video faces only; to add generator renders with ground-truth "
+                  "landmarks, give --dataset DIR (CropSetConfig.dataset), a folder written by "
+                  "`python -m training.pseudolabel` (its MV samples are used)")
 
 
 class CropSetConfig(BaseModel):
@@ -36,10 +42,9 @@ class CropSetConfig(BaseModel):
     videos: list[str] | None = None  # default: every .mp4 under shared assets/videos
     frames_per_video: int = Field(16, ge=1)  # frames sampled evenly from each video
     heldout_video_every: int = Field(3, ge=2)  # sorted video i is held out when i % this == 0
-    renders: int = Field(48, ge=0)  # synthetic crops per split (0: none)
-    render_size: int = Field(256, ge=64)  # render image side; the face covers about a third
-    azimuth: tuple[float, float] = (-70.0, 70.0)
-    elevation: tuple[float, float] = (-25.0, 25.0)
+    dataset: list[Path] = Field(default_factory=list)  # pseudo-label dataset folders: synthetic crops (MV)
+    renders: int = Field(48, ge=0)  # synthetic crops per split, taken from ``dataset`` (0: none)
+    heldout_identity_mod: int = Field(3, ge=2)  # MV identity seed % this == 0 is held out
     num_calibration: int = Field(128, ge=1)  # crops kept for calibration (balanced over yaw)
     yaw_bin_deg: float = Field(15.0, gt=0)
     seed: int = 0
@@ -53,7 +58,7 @@ class CropSet:
     yaw: np.ndarray  # (N,) degrees, engine.geometry convention (> 0: subject turns to their left)
     norm: np.ndarray  # (N,) NME normaliser in crop px: sqrt(w h) of the face (box or GT landmarks)
     landmarks: np.ndarray  # (N, 68, 2) ground truth in crop px; NaN where unknown (real video)
-    source: list[str] = field(default_factory=list)  # "video:<file>#<frame>" or "render:<seed>:<az>,<el>"
+    source: list[str] = field(default_factory=list)  # "video:<file>#<frame>" or "mv:<dataset folder>#<key>"
 
     def __len__(self) -> int:
         return len(self.crops)
@@ -196,50 +201,101 @@ def video_face_crops(videos: list[Path], size: int, frames_per_video: int, detec
     return CropSet(np.stack(crops), np.asarray(yaws), np.asarray(norms), np.full((n, 68, 2), np.nan), sources)
 
 
-# --- synthetic renders -----------------------------------------------------------------------------
-def render_face_crops(count: int, size: int, first_seed: int, cfg: CropSetConfig) -> CropSet:
-    """``count`` generator renders (one per identity) from random orbit cameras; empty, with a logged
-    note, when the generator cannot run here (no training extras, no EGL)."""
-    if count <= 0:
-        return CropSet.empty(size)
-    try:
-        from engine.geometry import euler_from_rotation
-        from training.cameras import rig_camera
-        from training.generators import create
+# --- synthetic crops: MV samples of a pseudo-label dataset ----------------------------------------
+_MV_KEYS = ("__key__", "image_span", "identity", "R", "t", "K", "landmarks_3d_true")
 
-        generator = create("ict_head")
-    except Exception as e:
-        log.warning("synthetic crops skipped: training.generators unavailable (%s: %s)", type(e).__name__, e)
-        return CropSet.empty(size)
-    rng = np.random.default_rng([cfg.seed, first_seed])
-    crops, yaws, norms, lms, sources = [], [], [], [], []
-    for seed in range(first_seed, first_seed + count):
-        az, el = rng.uniform(*cfg.azimuth), rng.uniform(*cfg.elevation)
-        camera = rig_camera(az, el, size=cfg.render_size)
-        render = generator.render(generator.identity(seed), camera)
-        M = crop_matrix(roi_from_landmarks(render.landmarks_2d), size)
-        lm = transform_points(M, render.landmarks_2d)
-        lo, hi = lm.min(0), lm.max(0)
-        crops.append(warp_crop(render.image, M, size))
-        yaws.append(float(euler_from_rotation(camera.R)[0]))
-        norms.append(float(np.sqrt(np.prod(hi - lo))))
-        lms.append(lm)
-        sources.append(f"render:{seed}:{az:.1f},{el:.1f}")
-    return CropSet(np.stack(crops), np.asarray(yaws), np.asarray(norms), np.asarray(lms), sources)
+
+def _mv_index(datasets: list[Path], count: int, mod: int) -> list[dict]:
+    """MV samples of the folders with the arrays the crops need, images left undecoded (``image_span``).
+
+    Read in order until both splits (identity ``% mod``) have ``count`` identities: a large dataset
+    (10,000s of samples) is not read to the end for a few dozen crops."""
+    from engine.dataset_format import KIND_MV, ShardReader, iter_shard
+
+    index: list[dict] = []
+    identities: tuple[set[int], set[int]] = (set(), set())  # calibration, held-out
+    for root in datasets:
+        root = Path(root)
+        before = len(index)
+        for shard in ShardReader(root, kind=KIND_MV).shards:
+            for sample in iter_shard(shard, images=False):
+                if int(sample["kind"]) != KIND_MV or "image_span" not in sample:
+                    continue
+                index.append({k: sample[k] for k in _MV_KEYS} | {"shard": shard, "dataset": root})
+                identity = int(sample["identity"])
+                identities[identity % mod == 0].add(identity)
+                if min(map(len, identities)) >= count:
+                    return index
+        if len(index) == before:
+            log.warning("%s: no MV (synthetic) samples, nothing taken from it", root)
+    return index
+
+
+def _pick(samples: list[dict], count: int, rng: np.random.Generator) -> list[dict]:
+    """Up to ``count`` samples, one per identity in random order, then a second per identity, ...:
+    as many identities as possible (each identity's renders already vary the camera)."""
+    by_identity: dict[int, list[dict]] = {}
+    for s in samples:
+        by_identity.setdefault(int(s["identity"]), []).append(s)
+    queues = [[by_identity[i][j] for j in rng.permutation(len(by_identity[i]))]
+              for i in rng.permutation(sorted(by_identity))]
+    out: list[dict] = []
+    while len(out) < count and any(queues):
+        for q in queues:
+            if q and len(out) < count:
+                out.append(q.pop(0))
+    return out
+
+
+def dataset_face_crops(datasets: list[Path], size: int, cfg: CropSetConfig) -> tuple[CropSet, CropSet]:
+    """(calibration, held-out) crops of up to ``cfg.renders`` MV samples each from pseudo-label dataset
+    folders; identity seeds ``% cfg.heldout_identity_mod == 0`` are held out. The crop is the engine's
+    tracking crop around the generator's exact landmarks (``landmarks_3d_true`` posed by the sample's
+    camera ``R, t, K``), which are also the ground truth."""
+    from engine.dataset_format import read_image
+    from engine.geometry import euler_from_rotation, project
+
+    index = _mv_index(datasets, cfg.renders, cfg.heldout_identity_mod)
+    rng = np.random.default_rng([cfg.seed, 1])
+    heldout_ids = [int(s["identity"]) % cfg.heldout_identity_mod == 0 for s in index]
+    splits = []
+    for held in (False, True):
+        picked = _pick([s for s, h in zip(index, heldout_ids) if h == held], cfg.renders, rng)
+        crops, yaws, norms, lms, sources = [], [], [], [], []
+        for s in picked:
+            R, t, K = (np.asarray(s[k], np.float64) for k in ("R", "t", "K"))
+            gt = project(np.asarray(s["landmarks_3d_true"], np.float64) @ R.T + t, K)
+            M = crop_matrix(roi_from_landmarks(gt), size)
+            lm = transform_points(M, gt)
+            lo, hi = lm.min(0), lm.max(0)
+            crops.append(warp_crop(read_image(s["shard"], s["image_span"]), M, size))
+            yaws.append(float(euler_from_rotation(R)[0]))
+            norms.append(float(np.sqrt(np.prod(hi - lo))))
+            lms.append(lm)
+            sources.append(f"mv:{s['dataset'].name}#{s['__key__']}")
+        if len(picked) < cfg.renders:
+            log.info("synthetic %s crops: %d of %d asked (the dataset has no more MV samples of that split)",
+                     "held-out" if held else "calibration", len(picked), cfg.renders)
+        splits.append(CropSet(np.stack(crops), np.asarray(yaws), np.asarray(norms), np.asarray(lms), sources)
+                      if crops else CropSet.empty(size))
+    return splits[0], splits[1]
 
 
 def build_crop_sets(cfg: CropSetConfig, size: int, detector=None) -> tuple[CropSet, CropSet]:
     """(calibration, held-out) crop sets; calibration is balanced over yaw to ``num_calibration``."""
+    synthetic_calib = synthetic_heldout = CropSet.empty(size)
+    if cfg.dataset and cfg.renders:  # first: a wrong folder fails before the videos are decoded
+        synthetic_calib, synthetic_heldout = dataset_face_crops(cfg.dataset, size, cfg)
+    elif cfg.renders:
+        log.info(SYNTHETIC_HINT)
     videos = [Path(v) for v in cfg.videos] if cfg.videos is not None else default_videos()
     calib_videos, heldout_videos = split_videos(videos, cfg.heldout_video_every)
-    calib = video_face_crops(calib_videos, size, cfg.frames_per_video, detector)
-    heldout = video_face_crops(heldout_videos, size, cfg.frames_per_video, detector)
-    calib = calib + render_face_crops(cfg.renders, size, RENDER_SEED_CALIB, cfg)
-    heldout = heldout + render_face_crops(cfg.renders, size, RENDER_SEED_HELDOUT, cfg)
+    calib = video_face_crops(calib_videos, size, cfg.frames_per_video, detector) + synthetic_calib
+    heldout = video_face_crops(heldout_videos, size, cfg.frames_per_video, detector) + synthetic_heldout
     if not len(calib):
         raise RuntimeError(
             f"no calibration crops: no face found in {[str(v) for v in calib_videos]} and no synthetic "
-            "renders; check the videos (CropSetConfig.videos) or install the training extras"
+            "crops; check the videos (CropSetConfig.videos) or give a pseudo-label dataset (--dataset DIR)"
         )
     calib = calib.subset(balanced_indices(calib.yaw, cfg.num_calibration, cfg.yaw_bin_deg, cfg.seed))
     log.info("calibration crops: %s; held-out: %s", calib.describe(), heldout.describe())

@@ -16,6 +16,7 @@ from plugins.landmarks.transformer import OUTPUT_NAMES
 from training.build_engine import main, rotation_angle_deg
 from training.bundle import OPSET
 from landmark_bundle import tiny_bundle
+from tiny_dataset import write_tiny_dataset
 
 REPO = Path(__file__).resolve().parent.parent
 VIDEOS = ("liveportrait_d18.mp4", "pyfeat_single_face.mp4")  # first is held out, second calibrates
@@ -26,6 +27,12 @@ def bundle(tmp_path_factory) -> Path:
     return tiny_bundle(tmp_path_factory)
 
 
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory) -> Path:
+    """A pseudo-label folder (training/dataset.py's format): its MV samples give the synthetic crops."""
+    return write_tiny_dataset(tmp_path_factory.mktemp("pseudolabel") / "mv")
+
+
 def _args(bundle: Path, out: Path, shared: Path, *extra: str) -> list[str]:
     videos = [str(shared / "assets" / "videos" / v) for v in VIDEOS]
     return ["--bundle", str(bundle), "--out", str(out), "--max-batch", "8", "--opt-batch", "4",
@@ -33,15 +40,16 @@ def _args(bundle: Path, out: Path, shared: Path, *extra: str) -> list[str]:
 
 
 @pytest.fixture(scope="module")
-def int8_run(bundle, shared, tmp_path_factory):
+def int8_run(bundle, dataset, shared, tmp_path_factory):
     out = tmp_path_factory.mktemp("int8")
     err = io.StringIO()
     with contextlib.redirect_stderr(err):
-        code = main(_args(bundle, out, shared, "--precision", "int8", "--max-nme-delta", "5", "--max-pose-delta-deg", "5"))
+        code = main(_args(bundle, out, shared, "--precision", "int8", "--max-nme-delta", "5", "--max-pose-delta-deg", "5",
+                          "--dataset", str(dataset)))
     return code, out, err.getvalue()
 
 
-def test_int8_build_writes_validated_onnx_pair(int8_run):
+def test_int8_build_writes_validated_onnx_pair(int8_run, dataset):
     code, out, _ = int8_run
     assert code == 0
     for f in ("model.fp32.onnx", "model.int8.qdq.onnx", "calibration.cache", "calibration.json", "crops.json", "validation.json"):
@@ -49,13 +57,15 @@ def test_int8_build_writes_validated_onnx_pair(int8_run):
     v = json.loads((out / "validation.json").read_text())
     assert v["passed"] and v["opset"] == OPSET == 17 and not v["failures"]
     fp32, int8 = v["figures"]["onnx_fp32"], v["figures"]["onnx_int8_qdq"]
-    assert fp32["real"] >= 3 and fp32["synthetic"] == 4  # real video crops and generator renders
+    assert fp32["real"] >= 3 and fp32["synthetic"] == 4  # real video crops and the dataset's MV samples
     assert fp32["max_landmark_px"] < 1e-2 and fp32["nme_delta"] < 1e-2 and fp32["pose_delta_deg"] < 1e-2
     assert int8["nme_delta"] > fp32["nme_delta"] and int8["nme_delta"] < 5  # quantisation changes something
     assert "gt_nme_change" in int8 and "nme_delta_real" in int8
     crops = json.loads((out / "crops.json").read_text())
     assert not set(crops["calibration"]["sources"]) & set(crops["heldout"]["sources"])
     assert all(s.startswith(f"video:{VIDEOS[0]}") for s in crops["heldout"]["sources"] if s.startswith("video:"))
+    assert sum(s.startswith("mv:mv#") for s in crops["heldout"]["sources"]) == 4
+    assert crops["config"]["dataset"] == [str(dataset)]
     header, scales = read_calibration_cache(out / "calibration.cache")
     assert header.endswith("-EntropyCalibration2") and "image" in scales
 

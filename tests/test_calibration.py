@@ -1,5 +1,7 @@
 import re
 import struct
+import subprocess
+import sys
 import tomllib
 from pathlib import Path
 
@@ -8,14 +10,19 @@ import onnx
 import onnxruntime as ort
 import pytest
 
-from calibration.dataset import CropSetConfig, balanced_indices, keypoint_yaw, split_videos, video_face_crops
+from calibration.dataset import (
+    SYNTHETIC_HINT, CropSetConfig, balanced_indices, build_crop_sets, dataset_face_crops, keypoint_yaw, split_videos,
+    video_face_crops,
+)
 from calibration.qdq import (
     QuantConfig, calibrate, read_calibration_cache, sensitive_nodes, trt_version_tag, write_calibration_cache,
 )
 from calibration.ranges import kl_threshold, percentile_threshold
-from engine.geometry import project, rotation_from_euler
+from engine.crop import LANDMARK_SCALE
+from engine.dataset_format import KIND_MV, ShardReader, iter_shard, read_image
+from engine.geometry import euler_from_rotation, project, rotation_from_euler
 from plugins.landmarks.transformer import OUTPUT_NAMES, LandmarkTransformerConfig, create_model
-from tiny_dataset import landmark_template
+from tiny_dataset import landmark_template, write_tiny_dataset
 from training.bundle import export_onnx, round_to_fp16
 
 REPO = Path(__file__).resolve().parent.parent
@@ -36,6 +43,64 @@ def tiny_onnx(tmp_path_factory) -> Path:
 def real_crops(shared):
     videos = sorted((shared / "assets" / "videos").glob("*.mp4"))[:2]
     return video_face_crops(videos, 32, frames_per_video=4)
+
+
+@pytest.fixture(scope="module")
+def mv_dataset(tmp_path_factory) -> Path:
+    """A pseudo-label folder in the on-disk format (6 MV identities x 4 views, 8 MF frames, 96 px)."""
+    return write_tiny_dataset(tmp_path_factory.mktemp("pseudolabel") / "ds")
+
+
+def test_dataset_crops_from_a_pseudolabel_folder(mv_dataset):
+    samples = {s["__key__"]: s for s in ShardReader(mv_dataset)}
+    cfg = CropSetConfig(dataset=[mv_dataset], renders=6)
+    calib, held = dataset_face_crops(cfg.dataset, 32, cfg)
+    assert len(calib) == len(held) == 6 and not (calib.is_real.any() or held.is_real.any())
+    assert calib.crops.shape == (6, 32, 32, 3) and calib.crops.dtype == np.uint8
+    ids = {}
+    for name, crops in (("calib", calib), ("held", held)):
+        keys = [src.split("#")[1] for src in crops.source]
+        assert all(src.startswith("mv:ds#") for src in crops.source) and len(set(keys)) == len(keys)
+        assert all(int(samples[k]["kind"]) == KIND_MV for k in keys)  # MF samples are not used
+        ids[name] = {int(samples[k]["identity"]) for k in keys}
+        for i, k in enumerate(keys):  # yaw is the sample camera's; GT landmarks framed as the tracking crop
+            assert crops.yaw[i] == pytest.approx(euler_from_rotation(samples[k]["R"].astype(np.float64))[0], abs=1e-4)
+            lo, hi = crops.landmarks[i].min(0), crops.landmarks[i].max(0)
+            assert np.max(hi - lo) == pytest.approx(32 / LANDMARK_SCALE, rel=1e-3)
+            assert np.allclose((lo + hi) / 2, 15.5, atol=1e-3)
+            assert crops.norm[i] == pytest.approx(np.sqrt(np.prod(hi - lo)))
+    # identities 0..5, seed % 3 == 0 held out; one crop per identity before a second one
+    assert ids == {"calib": {1, 2, 4, 5}, "held": {0, 3}}
+    assert len({f"{c.mean():.3f}" for c in calib.crops}) == 6  # six different pictures
+
+
+def test_dataset_reader_spans_give_the_decoded_images(mv_dataset):
+    shard = ShardReader(mv_dataset, kind=KIND_MV).shards[0]
+    full, lazy = list(iter_shard(shard)), list(iter_shard(shard, images=False))
+    assert [s["__key__"] for s in full] == [s["__key__"] for s in lazy] and "image" not in lazy[0]
+    for a, b in zip(full[:3], lazy[:3]):
+        assert np.array_equal(read_image(shard, b["image_span"]), a["image"])
+        assert np.array_equal(a["R"], b["R"])
+
+
+def test_without_dataset_real_crops_only_and_one_hint(shared, caplog):
+    videos = sorted((shared / "assets" / "videos").glob("*.mp4"))[:2]
+    cfg = CropSetConfig(videos=[str(v) for v in videos], frames_per_video=2, num_calibration=8, heldout_video_every=2)
+    with caplog.at_level("INFO", logger="calibration.dataset"):
+        calib, held = build_crop_sets(cfg, 32)
+    assert len(calib) and calib.is_real.all() and held.is_real.all()
+    assert [r.getMessage() for r in caplog.records].count(SYNTHETIC_HINT) == 1
+    assert "--dataset DIR" in SYNTHETIC_HINT and "python -m training.pseudolabel" in SYNTHETIC_HINT
+
+
+def test_calibration_reads_the_dataset_without_importing_training(mv_dataset):
+    code = ("import sys; from calibration.dataset import CropSetConfig, dataset_face_crops; import calibration.qdq, "
+            f"calibration.__main__; cfg = CropSetConfig(dataset=[{str(mv_dataset)!r}], renders=2); "
+            "c, h = dataset_face_crops(cfg.dataset, 32, cfg); assert len(c) == len(h) == 2; "
+            "print(sorted(m for m in sys.modules if m.split('.')[0] == 'training'))")
+    r = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert r.stdout.strip() == "[]"
 
 
 def test_keypoint_yaw_recovers_known_yaw():

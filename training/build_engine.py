@@ -1,13 +1,14 @@
 """Export, validate, quantise and (when TensorRT is installed) build a TensorRT engine from a bundle.
 
 ``python -m training.build_engine --bundle models/x [--precision fp32|fp16|int8] [--max-batch 32]
-[--opt-batch 8] [--out DIR] [--max-nme-delta 1.0] [--max-pose-delta-deg 1.0]``
+[--opt-batch 8] [--out DIR] [--dataset DIR] [--max-nme-delta 1.0] [--max-pose-delta-deg 1.0]``
 
 1. Re-exports ONNX from the bundle's weights (``model.safetensors`` cast to fp32; opset 17, dynamic
    batch axis, ``training.bundle.export_onnx``). The reference is the PyTorch model with those weights.
 2. Builds crop sets (calibration/dataset.py): real faces (shared videos, CenterFace boxes, engine.crop)
-   and generator renders (skipped with a logged note where the generator cannot run); calibration and
-   held-out crops come from disjoint videos / identities.
+   and, with ``--dataset DIR``, generator renders: the MV samples of a ``python -m training.pseudolabel``
+   folder, with ground-truth landmarks (without it: real faces only, and a logged note); calibration
+   and held-out crops come from disjoint videos / identities.
 3. Validates every artefact against PyTorch on the held-out crops: max landmark difference (crop px),
    NME delta (% of the face size: mean landmark distance between artefact and PyTorch predictions,
    normalised per crop by sqrt(w h) of the detector box or ground-truth landmark box) and pose delta
@@ -171,7 +172,7 @@ def _validate_all(out: Path, bundle: Bundle, model, crop_cfg: CropSetConfig, arg
     size = bundle.input_size
     calib, heldout = build_crop_sets(crop_cfg, size)
     if not len(heldout):
-        raise RuntimeError("no held-out crops to validate on (no face in the held-out videos, no renders)")
+        raise RuntimeError("no held-out crops to validate on (no face in the held-out videos, no synthetic crops)")
     (out / "crops.json").write_text(json.dumps({
         "config": crop_cfg.model_dump(mode="json"),
         "calibration": {**calib.describe(), "sources": calib.source},
@@ -205,7 +206,7 @@ def build(args: argparse.Namespace) -> int:
     log.info("exported %s (opset %d, dynamic batch; max |onnx - torch| %.2e on random input)", out / FP32_ONNX, OPSET, export_err)
 
     crop_cfg = CropSetConfig(frames_per_video=args.frames_per_video, renders=args.renders,
-                             num_calibration=args.num_calibration, videos=args.videos)
+                             num_calibration=args.num_calibration, videos=args.videos, dataset=args.dataset or [])
     figures, failures, heldout, (x_val, ref) = _validate_all(out, bundle, model, crop_cfg, args, thr)
     print(TABLE_HEADER)
     for name in ("onnx_fp32", "onnx_int8_qdq"):
@@ -287,7 +288,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--int8-mode", choices=["qdq", "calibrator"], default="qdq",
                    help="TensorRT int8: Q/DQ ONNX (explicit) or calibration cache (implicit, TensorRT 10)")
     p.add_argument("--frames-per-video", type=int, default=CropSetConfig().frames_per_video)
-    p.add_argument("--renders", type=int, default=CropSetConfig().renders, help="synthetic crops per split (0: none)")
+    p.add_argument("--dataset", nargs="*", default=None, type=Path, metavar="DIR",
+                   help="pseudo-label dataset folder(s) from python -m training.pseudolabel: synthetic crops "
+                        "(generator renders with ground-truth landmarks) from their MV samples; without it "
+                        "the crops are real video faces only")
+    p.add_argument("--renders", type=int, default=CropSetConfig().renders,
+                   help="synthetic crops per split, taken from --dataset (0: none)")
     p.add_argument("--num-calibration", type=int, default=CropSetConfig().num_calibration)
     p.add_argument("--videos", nargs="*", default=None, help="videos for crops (default: shared assets/videos)")
     p.add_argument("--workspace-gib", type=float, default=4.0)

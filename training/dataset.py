@@ -1,9 +1,13 @@
-"""The pseudo-label dataset on disk (docs/DESIGN.md "Training dataset on disk"): writer and reader.
+"""The pseudo-label dataset on disk (docs/DESIGN.md "Training dataset on disk"): the writer.
 
 A dataset folder holds ``manifest.json`` and ``shards/shard-NNNNN.tar`` in WebDataset layout: per
 sample key ``000000123`` a ``.jpg`` (RGB, JPEG q=95) and a ``.npz`` (numpy arrays, no pickle). A shard
 is written to ``shard-NNNNN.tar.tmp`` and renamed when complete, together with a small
 ``shard-NNNNN.json`` of its counts and sha256, so an interrupted run can resume shard by shard.
+
+The reader (``ShardReader``, ``iter_samples``, ``iter_shard``, the format constants) is
+engine/dataset_format.py, so that calibration reads these folders without importing training; it is
+re-exported here.
 """
 
 from __future__ import annotations
@@ -13,19 +17,19 @@ import json
 import logging
 import os
 import tarfile
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+from PIL import Image
 
 from engine.bundle import sha256_file
-from PIL import Image
+from engine.dataset_format import (  # noqa: F401  (the reader, re-exported)
+    FORMAT_VERSION, KIND_MF, KIND_MV, ShardReader, decode_member, iter_samples, iter_shard, read_image, shard_name,
+)
 
 log = logging.getLogger(__name__)
 
-FORMAT_VERSION = 1
-KIND_MV, KIND_MF = 0, 1
 JPEG_QUALITY = 95
 
 # Required arrays and their shapes (None: any length) per kind; DESIGN.md's table.
@@ -39,10 +43,6 @@ COMMON_KEYS = {
 }
 MV_KEYS = {"landmarks_3d": (68, 3), "landmarks_3d_true": (68, 3), "R": (3, 3), "t": (3,), "K": (3, 3)}
 DTYPES = {"kind": np.int8, "identity": np.int64, "visible": np.bool_}
-
-
-def shard_name(index: int) -> str:
-    return f"shard-{index:05d}"
 
 
 def sample_key(shard_index: int, local_index: int) -> str:
@@ -140,80 +140,3 @@ def clean_partial(shards_dir: Path, index: int) -> None:
     """Remove what an interrupted run left for this shard so it is redone from scratch."""
     for suffix in (".tar.tmp", ".json.tmp", ".tar", ".json"):
         (Path(shards_dir) / f"{shard_name(index)}{suffix}").unlink(missing_ok=True)
-
-
-# -- reader ------------------------------------------------------------------------------------
-
-
-def decode_member(name: str, data: bytes) -> Any:
-    if name.endswith(".jpg"):
-        return np.asarray(Image.open(io.BytesIO(data)).convert("RGB"))
-    if name.endswith(".npz"):
-        with np.load(io.BytesIO(data), allow_pickle=False) as z:
-            return {k: z[k] for k in z.files}
-    raise ValueError(f"unexpected shard member {name!r}")
-
-
-def iter_shard(path: Path) -> Iterator[dict[str, Any]]:
-    """Samples of one shard: dicts with ``__key__``, ``image`` (HxWx3 uint8 RGB) and the npz arrays."""
-    current: dict[str, Any] = {}
-    with tarfile.open(path, "r") as tar:
-        for member in tar:
-            key, _, ext = member.name.partition(".")
-            if current and current["__key__"] != key:
-                yield current
-                current = {}
-            current["__key__"] = key
-            value = decode_member(member.name, tar.extractfile(member).read())
-            if ext == "jpg":
-                current["image"] = value
-            else:
-                current.update(value)
-    if current:
-        yield current
-
-
-class ShardReader:
-    """A finished dataset folder (``manifest.json`` + shards), or a single ``.tar`` shard.
-
-    ``len(reader)`` is the sample count from the manifest; iterating yields sample dicts in shard order.
-    ``kind=0|1`` restricts to shards of MV or MF samples.
-    """
-
-    def __init__(self, path: str | Path, kind: int | None = None, verify: bool = False) -> None:
-        path = Path(path)
-        self.root = path
-        if path.suffix == ".tar":
-            self.manifest: dict[str, Any] = {}
-            self.shards = [path]
-            self._len = None
-            return
-        manifest = path / "manifest.json"
-        if not manifest.exists():
-            raise FileNotFoundError(f"{manifest} not found: not a pseudo-label dataset (run python -m training.pseudolabel)")
-        self.manifest = json.loads(manifest.read_text())
-        if self.manifest.get("format_version") != FORMAT_VERSION:
-            raise ValueError(f"{manifest}: format_version {self.manifest.get('format_version')} != {FORMAT_VERSION}")
-        if not self.manifest.get("complete", False):
-            log.warning("%s: dataset is incomplete (an interrupted run?); reading the finished shards", manifest)
-        entries = [s for s in self.manifest["shards"] if kind is None or s["kind"] == kind]
-        self.shards = [path / s["file"] for s in entries]
-        self._len = sum(s["samples"] for s in entries)
-        if verify:
-            for s, p in zip(entries, self.shards):
-                if sha256_file(p) != s["sha256"]:
-                    raise ValueError(f"{p}: sha256 does not match manifest.json (corrupt or modified shard)")
-
-    def __len__(self) -> int:
-        if self._len is None:
-            self._len = sum(1 for _ in self)
-        return self._len
-
-    def __iter__(self) -> Iterator[dict[str, Any]]:
-        for shard in self.shards:
-            yield from iter_shard(shard)
-
-
-def iter_samples(path: str | Path, kind: int | None = None) -> Iterator[dict[str, Any]]:
-    """Every sample of a dataset folder or shard (see :class:`ShardReader`)."""
-    return iter(ShardReader(path, kind=kind))
