@@ -33,7 +33,7 @@ def main(argv: list[str] | None = None) -> int:
                         "from their MV samples (default: none, real video faces only)")
     p.add_argument("--renders", type=int, default=CropSetConfig().renders,
                    help="synthetic crops per split from --dataset (0: none)")
-    p.add_argument("--videos", nargs="*", default=None)
+    p.add_argument("--videos", nargs="*", default=None, help="video or photo files for real crops (default: shared assets/videos)")
     p.add_argument("--keep-float", nargs="*", default=[], metavar="REGEX", help="extra node-name regexes kept in float")
     p.add_argument("--quantize-heads", action="store_true", help="quantise the output heads too (not advised)")
     args = p.parse_args(argv)

@@ -1,8 +1,9 @@
 """Calibration and held-out face crops, balanced over head yaw.
 
 Two sources, both cropped with ``engine.crop`` exactly as the engine crops:
-- real faces: frames of the shared talking-face videos (``/work/shared/assets/videos``), decoded with
-  PyAV, the best CenterFace box per frame, ``roi_from_box``. Yaw is estimated from the detector's five
+- real faces: frames of the shared talking-face videos (``/work/shared/assets/videos``) or of any
+  videos and photos listed in ``CropSetConfig.videos`` (engine/video.py reads both; a photo is a
+  one-frame clip), the best CenterFace box per frame, ``roi_from_box``. Yaw is estimated from the detector's five
   keypoints (:func:`keypoint_yaw`); there is no ground truth, so ``landmarks`` are NaN;
 - synthetic faces, only when a pseudo-label dataset folder is given (``CropSetConfig.dataset``, CLI
   ``--dataset DIR``): the MV samples (generator renders) of a folder ``python -m training.pseudolabel``
@@ -26,6 +27,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
 from engine.crop import crop_matrix, roi_from_box, roi_from_landmarks, transform_points, warp_crop
+from engine.video import is_image
 
 log = logging.getLogger(__name__)
 
@@ -39,8 +41,8 @@ class CropSetConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    videos: list[str] | None = None  # default: every .mp4 under shared assets/videos
-    frames_per_video: int = Field(16, ge=1)  # frames sampled evenly from each video
+    videos: list[str] | None = None  # video or photo files; default: every .mp4 under shared assets/videos
+    frames_per_video: int = Field(16, ge=1)  # frames sampled evenly from each video (a photo gives one)
     heldout_video_every: int = Field(3, ge=2)  # sorted video i is held out when i % this == 0
     dataset: list[Path] = Field(default_factory=list)  # pseudo-label dataset folders: synthetic crops (MV)
     renders: int = Field(48, ge=0)  # synthetic crops per split, taken from ``dataset`` (0: none)
@@ -81,7 +83,7 @@ class CropSet:
 
     @property
     def is_real(self) -> np.ndarray:
-        return np.array([s.startswith("video:") for s in self.source], dtype=bool)
+        return np.array([not s.startswith("mv:") for s in self.source], dtype=bool)
 
     def describe(self) -> dict:
         """Counts per kind and per yaw bin (for the calibration report)."""
@@ -153,19 +155,11 @@ def split_videos(videos: list[Path], every: int) -> tuple[list[Path], list[Path]
 
 
 def _sample_frames(path: Path, count: int) -> list[tuple[int, np.ndarray]]:
-    import av
+    """``count`` evenly spaced upright frames of a video, or the photo (engine.video, the one decode core)."""
+    from engine.video import count_frames, iter_frames
 
-    with av.open(str(path)) as container:
-        stream = container.streams.video[0]
-        total = stream.frames or 0
-        step = max(1, total // count) if total else 1
-        out = []
-        for i, frame in enumerate(container.decode(stream)):
-            if i % step == 0:
-                out.append((i, frame.to_ndarray(format="rgb24")))
-                if len(out) >= count:
-                    break
-    return out
+    step = max(1, count_frames(path) // count)
+    return list(iter_frames(path, every=step, max_frames=count))
 
 
 def video_face_crops(videos: list[Path], size: int, frames_per_video: int, detector=None) -> CropSet:
@@ -192,7 +186,7 @@ def video_face_crops(videos: list[Path], size: int, frames_per_video: int, detec
             yaws.append(float(keypoint_yaw(det.keypoints[0])))
             w, h = (box[2] - box[0]) * M[0, 0], (box[3] - box[1]) * M[1, 1]
             norms.append(float(np.sqrt(w * h)))
-            sources.append(f"video:{Path(path).name}#{index}")
+            sources.append(f"{'photo' if is_image(path) else 'video'}:{Path(path).name}#{index}")
     if missed:
         log.info("video crops: %d frame(s) without a detected face skipped", missed)
     if not crops:

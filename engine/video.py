@@ -4,7 +4,9 @@ Everything that decodes video uses it: the ``file``/``stream``/``webcam`` source
 (plugins/sources/pyav_source.py), batch jobs (through the ``file`` source), the texture bank and the
 MF writer (training/), the CelebV-HQ reader and calibration. Frames are HxWx3 uint8 RGB, turned
 upright by the stream's display matrix (the rotation metadata of phone video, as FFmpeg's autorotate
-does). :data:`VIDEO_EXTENSIONS` is the one list of file endings taken for video.
+does). :data:`VIDEO_EXTENSIONS` is the one list of file endings taken for video, :data:`IMAGE_EXTENSIONS`
+for photos: :func:`iter_frames` and :func:`count_frames` read a photo as a one-frame clip (turned
+upright by its EXIF orientation), so the MF writer and calibration take folders of both.
 """
 
 from __future__ import annotations
@@ -24,6 +26,8 @@ VIDEO_EXTENSIONS = frozenset(
     ".mp4 .m4v .mov .mkv .webm .avi .ts .m2ts .mts .flv .mpg .mpeg .wmv .3gp .ogv .y4m .h264 .h265 .hevc".split()
 )
 
+IMAGE_EXTENSIONS = frozenset(".jpg .jpeg .png .webp .bmp".split())
+
 # What PyAV raises for unreadable input: FFmpegError subclasses (InvalidDataError is also a ValueError)
 # plus OSError for missing/unreadable files.
 DECODE_ERRORS = (av.FFmpegError, OSError, ValueError)
@@ -35,6 +39,21 @@ class VideoError(RuntimeError):
 
 def is_video(path: str | Path) -> bool:
     return Path(path).suffix.lower() in VIDEO_EXTENSIONS
+
+
+def is_image(path: str | Path) -> bool:
+    return Path(path).suffix.lower() in IMAGE_EXTENSIONS
+
+
+def read_image(path: str | Path) -> np.ndarray:
+    """A photo as HxWx3 uint8 RGB, upright by its EXIF orientation. Raises :class:`VideoError`."""
+    from PIL import Image, ImageOps
+
+    try:
+        with Image.open(path) as im:
+            return np.asarray(ImageOps.exif_transpose(im).convert("RGB"))
+    except OSError as err:
+        raise VideoError(f"{path}: cannot read the photo ({err})") from err
 
 
 def open_video(uri: str, **kwargs: Any) -> tuple[av.container.InputContainer, av.VideoStream]:
@@ -99,8 +118,12 @@ def rgb(vf: av.VideoFrame, stream_id: str = "") -> np.ndarray:
 def iter_frames(path: str | Path, every: int = 1, start: int = 0, stop: int | None = None,
                 max_frames: int | None = None) -> Iterator[tuple[int, np.ndarray]]:
     """(frame index, upright RGB frame) of a file for indices in [start, stop) that are multiples of
-    ``every``, at most ``max_frames`` of them. Decodes sequentially (exact frame indices). Raises
-    :class:`VideoError` when the file cannot be opened or decoding fails."""
+    ``every``, at most ``max_frames`` of them. Decodes sequentially (exact frame indices); a photo is
+    frame 0. Raises :class:`VideoError` when the file cannot be opened or decoding fails."""
+    if is_image(path):
+        if start == 0 and (stop is None or stop > 0) and (max_frames is None or max_frames > 0):
+            yield 0, read_image(path)
+        return
     try:
         container, stream = open_video(str(path))
         with container:
@@ -121,7 +144,10 @@ def read_frames(path: str | Path, every: int = 1, max_frames: int | None = None)
 
 
 def count_frames(path: str | Path) -> int:
-    """Frames of the first video stream: the container's count, else by decoding. Raises :class:`VideoError`."""
+    """Frames of the first video stream: the container's count, else by decoding; 1 for a photo.
+    Raises :class:`VideoError`."""
+    if is_image(path):
+        return 1
     try:
         container, stream = open_video(str(path))
         with container:

@@ -140,6 +140,15 @@ def test_real_video_crops(real_crops):
     assert np.isfinite(real_crops.yaw).all() and np.isnan(real_crops.landmarks).all()
 
 
+def test_real_crops_from_photos(shared):
+    """Photos are one-frame clips (engine.video): a crop each, marked real, named as photos."""
+    photos = [shared / "assets" / "images" / n for n in ("3ddfa_v2_emma.jpg", "skimage_astronaut.png")]
+    crops = video_face_crops(photos, 32, frames_per_video=4)
+    assert len(crops) == 2 and crops.is_real.all()
+    assert [s.split("#")[0] for s in crops.source] == ["photo:3ddfa_v2_emma.jpg", "photo:skimage_astronaut.png"]
+    assert np.all((crops.norm > 15) & (crops.norm < 28))
+
+
 def test_entropy_and_percentile_thresholds_clip_outliers():
     rng = np.random.default_rng(0)
     x = np.abs(np.concatenate([rng.normal(0, 1, 200_000), [60.0, -80.0]]))

@@ -295,7 +295,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--renders", type=int, default=CropSetConfig().renders,
                    help="synthetic crops per split, taken from --dataset (0: none)")
     p.add_argument("--num-calibration", type=int, default=CropSetConfig().num_calibration)
-    p.add_argument("--videos", nargs="*", default=None, help="videos for crops (default: shared assets/videos)")
+    p.add_argument("--videos", nargs="*", default=None, help="video or photo files for real crops (default: shared assets/videos)")
     p.add_argument("--workspace-gib", type=float, default=4.0)
     p.add_argument("--require-tensorrt", action="store_true", help=f"exit {EXIT_NO_TENSORRT} when TensorRT is missing")
     return p.parse_args(argv)

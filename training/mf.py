@@ -13,7 +13,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageOps
+from PIL import Image
+
+from engine.video import IMAGE_EXTENSIONS, VIDEO_EXTENSIONS
 
 from training.teacher.base import LandmarkTeacher
 from training.teacher.tddfa import crop_zero_padded
@@ -21,7 +23,7 @@ from training.teacher.tddfa import crop_zero_padded
 log = logging.getLogger(__name__)
 
 # Photos are one-frame clips: the wild/ folder holds 383 of them next to its videos (issue 12).
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp")
+IMAGE_SUFFIXES = tuple(sorted(IMAGE_EXTENSIONS))  # engine.video's one list
 # Held out for validation by default (the evaluation uses them), never written as MF training samples.
 DEFAULT_EXCLUDE = ("liveportrait_d19.mp4", "pyfeat_single_face.mp4")
 CONTEXT = 3.0  # region side = CONTEXT x the face box side
@@ -47,8 +49,6 @@ def list_clips(folder: str | Path, exclude: tuple[str, ...] | list[str] = DEFAUL
     if not folder.is_dir():
         raise FileNotFoundError(f"--mf-clips {folder}: not a folder of video clips")
     excluded = set(exclude)
-    from engine.video import VIDEO_EXTENSIONS  # the one list of video endings
-
     suffixes = tuple(VIDEO_EXTENSIONS) + IMAGE_SUFFIXES
     return sorted(p for p in folder.rglob("*") if p.suffix.lower() in suffixes and p.name not in excluded
                   and p.name != "preview.jpg")  # a dataset's contact sheet, not a photo
@@ -57,9 +57,7 @@ def list_clips(folder: str | Path, exclude: tuple[str, ...] | list[str] = DEFAUL
 def count_frames(path: Path) -> int:
     """Frames in the clip's first video stream (engine.video, the one decode core); 1 for a photo.
     Raises ClipError."""
-    if path.suffix.lower() in IMAGE_SUFFIXES:
-        return 1
-    from engine.video import VideoError, count_frames as video_frames  # PyAV: only where clips are decoded
+    from engine.video import VideoError, count_frames as video_frames
 
     try:
         return video_frames(path)
@@ -70,14 +68,6 @@ def count_frames(path: Path) -> int:
 def iter_frames(path: Path, every: int, start: int = 0, stop: int | None = None) -> Iterator[tuple[int, np.ndarray]]:
     """(frame index, upright RGB frame) for indices in [start, stop) that are multiples of ``every``
     (engine.video.iter_frames; a photo is frame 0). Raises ClipError on decode failure."""
-    if path.suffix.lower() in IMAGE_SUFFIXES:
-        if start == 0 and (stop is None or stop > 0):
-            try:
-                with Image.open(path) as im:
-                    yield 0, np.asarray(ImageOps.exif_transpose(im).convert("RGB"))
-            except OSError as err:
-                raise ClipError(f"{path}: cannot read the photo ({err})") from err
-        return
     from engine.video import VideoError, iter_frames as video_frames
 
     try:
