@@ -175,7 +175,7 @@ def _changed_weights_bundle(src: Path, dst: Path) -> Path:
 def test_results_record_the_model_and_a_new_model_is_redone(tmp_path, caplog):
     import shutil
 
-    from engine.assets import default_bundle
+    from engine.assets import DEFAULT_BUNDLE_NAME, default_bundle
     from engine.batch.inference import bundle_identity
 
     clips = tmp_path / "clips"
@@ -194,7 +194,7 @@ def test_results_record_the_model_and_a_new_model_is_redone(tmp_path, caplog):
         before = z["landmarks_2d"].copy()
     (model,) = meta["models"]
     assert model == {"stage": "stages[1]", "option": "bundle", "path": str(bundle), **old}
-    assert model["name"] == "facelift_mbv1_128" and len(model["sha256"]) == 64 and meta["model_hash"]
+    assert model["name"] == DEFAULT_BUNDLE_NAME and len(model["sha256"]) == 64 and meta["model_hash"]
     assert json.loads((out / "manifest.json").read_text())["runs"][0]["models"] == [model]
     assert run_batch(config, list_files(str(clips)), out, opts)["done"] == 2  # same model: nothing to redo
 
@@ -205,8 +205,8 @@ def test_results_record_the_model_and_a_new_model_is_redone(tmp_path, caplog):
     with caplog.at_level("WARNING"):
         again = run_batch(config, list_files(str(clips)), out, opts)
     assert (again["ok"], again["done"]) == (2, 0)
-    assert (f"2 existing result file(s) were made with another model (stages[1] facelift_mbv1_128 sha256 "
-            f"{old['sha256'][:12]}; now stages[1] facelift_mbv1_128 sha256 {new['sha256'][:12]}): redoing them") in caplog.text
+    assert (f"2 existing result file(s) were made with another model (stages[1] {DEFAULT_BUNDLE_NAME} sha256 "
+            f"{old['sha256'][:12]}; now stages[1] {DEFAULT_BUNDLE_NAME} sha256 {new['sha256'][:12]}): redoing them") in caplog.text
     with np.load(out / "clips" / "a.npz") as z:
         assert read_meta(z)["models"][0]["sha256"] == new["sha256"]
         assert not np.array_equal(z["landmarks_2d"], before)  # really the new weights' results
@@ -231,6 +231,8 @@ def _strip_model_record(path: Path) -> None:
 
 
 def test_older_results_without_a_model_record(tmp_path, caplog):
+    from engine.assets import DEFAULT_BUNDLE_NAME
+
     # a job that loads no model bundle (detector only) keeps them; one that does redoes them
     clips = tmp_path / "clips"
     make_clip(clips / "a.mp4", frames=3, size=(128, 96))
@@ -248,4 +250,4 @@ def test_older_results_without_a_model_record(tmp_path, caplog):
     with caplog.at_level("WARNING"):
         assert run_batch(config, list_files(str(clips)), out, opts)["ok"] == 1
     assert ("1 existing result file(s) were made with another model (models not recorded (an older result); "
-            "now stages[1] facelift_mbv1_128 sha256") in caplog.text
+            f"now stages[1] {DEFAULT_BUNDLE_NAME} sha256") in caplog.text

@@ -145,6 +145,10 @@ def init_from(model, scales, spec: str) -> None:
     from safetensors.torch import load_file
 
     path = Path(spec)
+    if not path.exists():
+        raise FileNotFoundError(f"train.init_from: {path} does not exist (a training checkpoint .pt, a bundle "
+                                "folder or a .safetensors file; a later stage needs its first stage's output, "
+                                "see the config's comments)")
     ck: dict = {}
     if path.is_dir():
         state = load_file(str(path / "model.safetensors"))
