@@ -6,10 +6,8 @@
 Frames are decoded and detected (CenterFace 320) once up front; then the stage processes them in batches
 of 8 as the runtime hands them over, with ``detect_every`` frames tracked from landmarks between
 detections (detections on the other frames are dropped, as ``centerface.detect_every`` would). Each
-part is timed by wrapping the function that does it (crop, preprocess, model call, un-crop 2D, pose +
-3D, tracker, smoothing); ``other`` is the rest of ``LandmarkStage.process``. Parts that ran on the
-stage's pose worker (pose + 3D and smoothing of a wave, overlapped with the next wave's model call) are
-listed as ``(pose worker)`` and are not part of the per-frame total. ``model alone`` is the backend
+part is timed by wrapping the function that does it (crop, preprocess, model call, un-crop + pose,
+tracker, smoothing); ``other`` is the rest of ``LandmarkStage.process``. ``model alone`` is the backend
 on one face in a loop (the floor of the stage), and ``session options`` compares ONNX Runtime thread
 and spinning settings on that call, interleaved so load affects them alike.
 
@@ -38,7 +36,6 @@ from pathlib import Path
 import numpy as np
 
 import plugins.landmarks.model as model_module
-import plugins.landmarks.stage as stage_module
 from engine.assets import shared_asset
 from engine.bundle import Bundle
 from plugins.detectors.centerface import CenterFaceDetector
@@ -73,10 +70,7 @@ class Timers:
             finally:
                 timers._depth.n = depth
                 if depth == 0:
-                    # the stage's pose worker runs pose + smoothing of earlier frames while the main
-                    # thread's model call releases the GIL: counted apart, not in the per-frame total
-                    worker = threading.current_thread() is not threading.main_thread()
-                    timers.seconds[f"{part} (pose worker)" if worker else part] += time.perf_counter() - t0
+                    timers.seconds[part] += time.perf_counter() - t0
 
         self._undo.append((owner, attr, owner.__dict__.get(attr) if isinstance(owner, type) else fn))
         setattr(owner, attr, timed)
@@ -114,8 +108,7 @@ def run_stage(frames: list, threads: int | None, bundle: str | None = None
     timers.wrap(model_module, "crop_face", "crop")
     timers.wrap(Bundle, "preprocess", "preprocess")  # before the fused preprocess
     timers.wrap(stage.backend, "infer", "model")
-    timers.wrap(stage_module, "uncrop_2d", "un-crop 2D")
-    timers.wrap(stage_module, "uncrop_pose", "pose + 3D")
+    timers.wrap(model_module, "uncrop", "un-crop + pose")
     for name in ("update", "refresh", "predict", "mark_lost"):
         timers.wrap(IoUTracker, name, "tracker")
     for name in ("apply_all", "apply"):
@@ -128,7 +121,7 @@ def run_stage(frames: list, threads: int | None, bundle: str | None = None
     timers.restore()
     n = len(rest)
     parts = {k: 1000 * v / n for k, v in timers.seconds.items()}
-    parts["other"] = 1000 * total / n - sum(v for k, v in parts.items() if "worker" not in k)
+    parts["other"] = 1000 * total / n - sum(parts.values())
     return 1000 * total / n, parts, stage
 
 
@@ -202,7 +195,7 @@ def main() -> None:
     print(f"landmark stage, tracking mode (detect every {args.detect_every}), {clip.name}, "
           f"{args.max_frames} frames: {ms:.2f} ms/frame")
     for k, v in sorted(parts.items(), key=lambda kv: -kv[1]):
-        print(f"  {k:26s} {v:7.2f} ms/frame")
+        print(f"  {k:16s} {v:7.2f} ms/frame")
     print(f"model alone, 1 face: {model_ms:.2f} ms  (per-frame path around it: {ms - model_ms:.2f} ms)")
     print("session options (batch 1, median ms):")
     for k, v in options.items():

@@ -58,47 +58,33 @@ OUTPUT_FIELDS = ("landmarks_2d", "landmarks_3d", "landmarks_canonical", "rotatio
                  "confidence", "visibility")
 
 
-def uncrop_2d(out: dict[str, np.ndarray], Minv: np.ndarray) -> dict[str, np.ndarray]:
-    """The fields a tracker needs from the model outputs (row i = face i), given the crop -> image
-    affines ``Minv`` (N, 3, 3): ``landmarks_2d`` in image pixels and ``confidence`` (0..1)."""
-    return {
-        "landmarks_2d": (out["landmarks_2d"] @ np.swapaxes(Minv[:, :2, :2], 1, 2) + Minv[:, None, :2, 2]).astype(np.float32),
-        "confidence": np.clip(out["confidence"], 0.0, 1.0).astype(np.float32),
-    }
+def uncrop(out: dict[str, np.ndarray], M: np.ndarray, K0: np.ndarray, K: np.ndarray, normals: np.ndarray
+           ) -> dict[str, np.ndarray]:
+    """Model outputs in the crop camera (row i = face i) -> image coordinates (camera ``K``), vectorised.
 
-
-def uncrop_pose(out: dict[str, np.ndarray], Minv: np.ndarray, K0: np.ndarray, K: np.ndarray, normals: np.ndarray
-                ) -> dict[str, np.ndarray]:
-    """The other :data:`OUTPUT_FIELDS`: pose in the frame camera ``K`` (N, 3, 3), 3D landmarks, Euler
-    angles and the occlusion mask (what the landmark stage computes off its critical path)."""
+    ``M``, ``K``: (N, 3, 3) image -> crop affines and frame cameras. Returns the :data:`OUTPUT_FIELDS`
+    as float32 arrays (``visibility`` bool)."""
+    Minv = np.linalg.inv(M)
     R, t = pose_from_crop(out["rotation"].astype(np.float64), out["translation"].astype(np.float64), Minv, K0,
                           np.linalg.inv(K), K[:, 0, 0])
     canonical = out["landmarks_3d"].astype(np.float64)
     R32 = R.astype(np.float32)
     return {
+        "landmarks_2d": (out["landmarks_2d"] @ np.swapaxes(Minv[:, :2, :2], 1, 2) + Minv[:, None, :2, 2]).astype(np.float32),
         "landmarks_3d": (canonical @ np.swapaxes(R, 1, 2) + t[:, None]).astype(np.float32),
         "landmarks_canonical": out["landmarks_3d"].astype(np.float32),
         "rotation": R32,
         "euler": euler_from_rotation(R).astype(np.float32),
         "translation": t.astype(np.float32),
+        "confidence": np.clip(out["confidence"], 0.0, 1.0).astype(np.float32),
         "visibility": visibility_mask(R32, normals, _VISIBLE_THRESHOLDS),
     }
 
 
-def uncrop(out: dict[str, np.ndarray], M: np.ndarray, K0: np.ndarray, K: np.ndarray, normals: np.ndarray
-           ) -> dict[str, np.ndarray]:
-    """Model outputs in the crop camera (row i = face i) -> image coordinates (camera ``K``), vectorised:
-    :func:`uncrop_2d` + :func:`uncrop_pose`.
-
-    ``M``, ``K``: (N, 3, 3) image -> crop affines and frame cameras. Returns the :data:`OUTPUT_FIELDS`
-    as float32 arrays (``visibility`` bool)."""
-    Minv = np.linalg.inv(M)
-    return {**uncrop_2d(out, Minv), **uncrop_pose(out, Minv, K0, K, normals)}
-
-
 def write_faces(faces: Sequence[Face], arrays: dict[str, np.ndarray]) -> None:
-    """Row i of each of ``arrays`` (some or all of :data:`OUTPUT_FIELDS`) into ``faces[i]``."""
-    for name, column in arrays.items():
+    """Row i of each of ``arrays`` (:data:`OUTPUT_FIELDS`) into ``faces[i]``."""
+    for name in OUTPUT_FIELDS:
+        column = arrays[name]
         for i, face in enumerate(faces):
             setattr(face, name, column[i])
 

@@ -14,11 +14,7 @@ the stream's live tracks, cropped from their last landmarks; a track whose mean 
 (``context.redetect``); one whose confidence drops below ``redetect_drop`` x its running mean asks too
 but keeps its track. Because frame k+1 may then crop from frame k's result, a batch is run in
 waves (wave i = the i-th frame of every stream, so faces still batch across streams); without such a
-dependency (``crop_from = "box"`` on detected frames) the whole batch is one wave. Only what the next
-crop needs is on the waves' critical path (crop, model call, 2D landmarks and confidence, tracker); the
-pose in the frame camera, 3D landmarks, Euler angles, occlusion and smoothing of a wave run on one
-worker thread while the next wave's model call releases the GIL, and ``process`` returns once they are
-done (the frames leave complete and in order). Smoothing
+dependency (``crop_from = "box"`` on detected frames) the whole batch is one wave. Smoothing
 (``smoothing = true``): causal One-Euro per track (``FaceSmoother.update``), off by default so
 dataset jobs get raw per-frame estimates.
 """
@@ -28,8 +24,6 @@ from __future__ import annotations
 import logging
 import time
 from collections import defaultdict, deque
-from collections.abc import Callable
-from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Literal
 
@@ -47,8 +41,6 @@ from plugins.landmarks.model import (
     LandmarkModel,
     missing_bundle_message,
     uncrop,
-    uncrop_2d,
-    uncrop_pose,
     write_faces,
 )
 from plugins.trackers.face_tracker import FaceTracker, roi_from_track
@@ -119,7 +111,6 @@ class LandmarkStage(Stage):
         self.model: LandmarkModel | None = None
         self.streams: dict[str, _StreamState] = {}
         self.batch_sizes: deque[int] = deque(maxlen=1000)  # faces per backend call (recent), for tests
-        self._executor: ThreadPoolExecutor | None = None  # the pose + smoothing worker (see process)
 
     @property
     def bundle(self) -> Bundle | None:
@@ -151,9 +142,6 @@ class LandmarkStage(Stage):
                  b.precision, o.max_batch)
 
     def close(self) -> None:
-        if self._executor is not None:
-            self._executor.shutdown(wait=True)
-            self._executor = None
         if self.model is not None:
             self.model.close()
             self.model = None
@@ -195,26 +183,12 @@ class LandmarkStage(Stage):
             groups = [waves[i] for i in sorted(waves)]
         else:
             groups = [frames]
-        pending: list[Future] = []
-        try:
-            for wave in groups:
-                jobs = [self._plan(frame) for frame in wave]
-                finish = self._infer(wave, jobs)
-                live = [self._track(frame, frame_jobs) for frame, frame_jobs in zip(wave, jobs)]
-                if len(groups) == 1:
-                    finish(live)
-                else:  # off the critical path: runs while the next wave's model call releases the GIL
-                    pending.append(self._post().submit(finish, live))
-        finally:
-            for future in pending:
-                future.result()  # in order; re-raises a failure of the pose / smoothing step
+        for wave in groups:
+            jobs = [self._plan(frame) for frame in wave]
+            self._infer(wave, jobs)
+            for frame, frame_jobs in zip(wave, jobs):
+                self._finish(frame, frame_jobs)
         return frames
-
-    def _post(self) -> ThreadPoolExecutor:
-        """One worker for the pose + smoothing step of earlier waves (FIFO: each stream's frames stay in order)."""
-        if self._executor is None:
-            self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"{self.name}-pose")
-        return self._executor
 
     def _plan(self, frame: Frame) -> list[_Job]:
         """This frame's jobs: one per face, with the image -> crop affine of its crop."""
@@ -245,19 +219,15 @@ class LandmarkStage(Stage):
                 self.context.redetect.request(frame.stream_id)
         return jobs
 
-    def _infer(self, wave: list[Frame], jobs: list[list[_Job]]) -> Callable[[list[set[int] | None]], None]:
-        """Every face of the wave in one backend call; the 2D landmarks and confidence (what tracking
-        needs for the next crop) go into the faces now. Returns the rest of the wave's work, to call with
-        each frame's live track ids: pose, 3D landmarks, Euler angles, occlusion, then smoothing and the
-        stage timestamp of each frame."""
+    def _infer(self, wave: list[Frame], jobs: list[list[_Job]]) -> None:
+        """Every face of the wave in one :meth:`LandmarkModel.run` call; results into the faces."""
         Ks = []
         for frame, frame_jobs in zip(wave, jobs):
             K = frame.meta["camera_matrix"] = image_intrinsics(*frame.size, self.options.focal_px)
             Ks += [K] * len(frame_jobs)
         flat = [(frame, job) for frame, frame_jobs in zip(wave, jobs) for job in frame_jobs]
-        smoothers = [self.state(frame.stream_id).smoother if self.options.tracking else None for frame in wave]
         if not flat:
-            return lambda live: self._finish(wave, smoothers, live)
+            return
         self.batch_sizes.append(len(flat))
         images: list[np.ndarray] = []
         index: dict[int, int] = {}  # a frame's image crosses once (device crops), however many faces
@@ -265,40 +235,23 @@ class LandmarkStage(Stage):
             index.setdefault(id(frame.image), len(images))
             if len(index) > len(images):
                 images.append(frame.image)
-        M = np.stack([job.M for _, job in flat]).astype(np.float64)
-        out = self.model.infer(images, [index[id(f.image)] for f, _ in flat], M)
-        Minv = np.linalg.inv(M)
-        faces = [job.face for _, job in flat]
-        write_faces(faces, uncrop_2d(out, Minv))
+        out = self.model.run(images, [index[id(f.image)] for f, _ in flat], np.stack([job.M for _, job in flat]),
+                             np.stack(Ks))
+        write_faces([job.face for _, job in flat], out)
 
-        K0 = self.model.K0
-
-        def finish(live: list[set[int] | None]) -> None:
-            write_faces(faces, uncrop_pose(out, Minv, K0, np.stack(Ks), self._normals))
-            self._finish(wave, smoothers, live)
-
-        return finish
-
-    def _track(self, frame: Frame, jobs: list[_Job]) -> set[int] | None:
-        """Tracking of one frame whose faces have their 2D landmarks (the next frame crops from them);
-        returns the stream's live track ids as of this frame (for its smoothing), None without tracking."""
-        if not self.options.tracking:
-            return None
-        st = self.state(frame.stream_id)
-        if not frame.meta.get("detected", True):
-            frame.faces = [job.face for job in jobs]  # the faces followed from the tracks
-        if st.tracker.update(frame):
-            self.context.redetect.request(frame.stream_id)
-        if frame.meta.get("end_of_stream"):
-            self.streams.pop(frame.stream_id, None)  # long runs over many files keep no stale state
-        return set(st.tracker.live_ids)
-
-    def _finish(self, wave: list[Frame], smoothers: list[FaceSmoother | None], live: list[set[int] | None]) -> None:
-        """Smoothing of a wave's frames whose faces are filled, and their stage timestamp."""
-        for frame, smoother, ids in zip(wave, smoothers, live):
-            if smoother is not None:
-                smoother.update(frame.faces, frame_timestamp(frame), ids or set(), self._normals)
-            frame.meta["landmarks_time"] = time.time()
+    def _finish(self, frame: Frame, jobs: list[_Job]) -> None:
+        """Tracking and smoothing of one frame whose faces are filled."""
+        if self.options.tracking:
+            st = self.state(frame.stream_id)
+            if not frame.meta.get("detected", True):
+                frame.faces = [job.face for job in jobs]  # the faces followed from the tracks
+            if st.tracker.update(frame):
+                self.context.redetect.request(frame.stream_id)
+            if st.smoother is not None:
+                st.smoother.update(frame.faces, frame_timestamp(frame), st.tracker.live_ids, self._normals)
+            if frame.meta.get("end_of_stream"):
+                self.streams.pop(frame.stream_id, None)  # long runs over many files keep no stale state
+        frame.meta["landmarks_time"] = time.time()
 
 
 def fill_faces(faces: list[Face], out: dict[str, np.ndarray], M: np.ndarray, K0: np.ndarray, K: np.ndarray,
