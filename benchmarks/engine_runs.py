@@ -32,6 +32,12 @@ def default_stages() -> list[dict[str, Any]]:
         return tomllib.load(f)["stages"]
 
 
+def default_cpu_pinning() -> str:
+    """pipeline.toml's ``[pipeline] cpu_pinning`` (engine/affinity.py)."""
+    with open(REPO_ROOT / "pipeline.toml", "rb") as f:
+        return tomllib.load(f)["pipeline"].get("cpu_pinning", "off")
+
+
 def stages_with(detect_every: int | None = None, input_size: int | None = None, threads: int | None = None,
                 max_wait_ms: float | None = None, bundle: str | None = None) -> list[dict[str, Any]]:
     """pipeline.toml's stages with the detector's ``detect_every``/``input_size``, the ONNX Runtime
@@ -53,14 +59,16 @@ def stages_with(detect_every: int | None = None, input_size: int | None = None, 
 
 
 def run_engine(clip: Path, stages: list[dict[str, Any]], streams: int = 1, max_frames: int | None = None,
-               realtime: bool = False, keep_landmarks: bool = False, queue_size: int = 32
-               ) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
-    """Run ``stages`` on ``streams`` copies of ``clip``; returns (summary, {stream id: (F, 68, 2) landmarks
-    of the first face, NaN without a face} when ``keep_landmarks``)."""
+               realtime: bool = False, keep_landmarks: bool = False, queue_size: int = 32,
+               cpu_pinning: str | None = None) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+    """Run ``stages`` on ``streams`` copies of ``clip`` (``cpu_pinning``: default pipeline.toml's); returns
+    (summary, {stream id: (F, 68, 2) landmarks of the first face, NaN without a face} when ``keep_landmarks``)."""
     with tempfile.TemporaryDirectory() as out:
         sources = [{"type": "file", "id": f"s{i}", "path": str(clip), "max_frames": max_frames, "realtime": realtime}
                    for i in range(streams)]
-        doc = {"pipeline": {"queue_size": queue_size, "log_interval_s": 600.0, "log_level": "WARNING"},
+        pinning = default_cpu_pinning() if cpu_pinning is None else cpu_pinning
+        doc = {"pipeline": {"queue_size": queue_size, "log_interval_s": 600.0, "log_level": "WARNING",
+                            "cpu_pinning": pinning},
                "sources": sources, "stages": stages,
                "sinks": [{"type": "file_sink", "directory": out, "format": "msgpack"}]}
         summary = Pipeline(parse_config(doc, discover())).run(handle_signals=False)

@@ -37,6 +37,10 @@ class PipelineSettings(BaseModel):
         "0.0.0.0 or :: (every interface, e.g. for a Prometheus in another container)"
     )
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field("INFO", description="logging level")
+    cpu_pinning: Literal["off", "auto"] = Field(
+        "off", description="auto: the threads of CPU-bound model stages (the landmark stage) run on the first "
+        "half of the CPUs and every other pipeline thread on the rest (engine/affinity.py); off: the OS decides"
+    )
 
 
 @dataclass

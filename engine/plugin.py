@@ -134,6 +134,9 @@ class Stage(Plugin):
 
     batch_size: int = 1
     max_wait_ms: float = 0.0
+    # CPU-bound work that releases the GIL (a model on the CPU): with ``[pipeline] cpu_pinning = "auto"``
+    # this stage's thread gets CPUs of its own (engine/affinity.py)
+    dedicated_cpus: bool = False
 
     def process(self, frames: list[Frame]) -> list[Frame]:
         raise NotImplementedError

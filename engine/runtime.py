@@ -37,6 +37,7 @@ from urllib.parse import urlsplit, urlunsplit
 from tqdm import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
+from engine.affinity import pin_current_thread, plan, usable_cpus
 from engine.config import ConfigError, PipelineConfig, PluginSpec, parse_source
 from engine.context import PipelineContext
 from engine.frame import Frame
@@ -247,6 +248,7 @@ class Pipeline:
         self.context = PipelineContext()
         self._plugins: list[tuple[PluginSpec, Plugin]] = []
         self._threads: list[threading.Thread] = []
+        self._pinning: list[set[int]] | None = None  # [pipeline] cpu_pinning (engine/affinity.py)
         self._source_threads: list[threading.Thread] = []
         self._running = False  # all threads spawned (for /ready)
         self._fatal: list[str] = []
@@ -658,6 +660,14 @@ class Pipeline:
         cfg, metrics = self.config, self.metrics
         size = cfg.pipeline.queue_size
         metrics.started = time.monotonic()  # wall time and fps cover processing, not model loading
+        dedicated = [i for i, stage in enumerate(stages) if stage.dedicated_cpus]
+        self._pinning = plan(cfg.pipeline.cpu_pinning, len(dedicated))
+        if self._pinning is not None:
+            log.info("cpu_pinning: %s; every other pipeline thread on CPUs %s", ", ".join(
+                f"{cfg.stages[i].type} on CPUs {sorted(g)}" for i, g in zip(dedicated, self._pinning)),
+                sorted(self._pinning[-1]))
+        elif cfg.pipeline.cpu_pinning == "auto":
+            log.info("cpu_pinning: off (%d dedicated stage(s), %d usable CPU(s))", len(dedicated), len(usable_cpus()))
         first = self._input = Channel("input", self.abort_event, on_drop=metrics.dropped)
         # service: a lane that stays open until stop keeps the stages running with no source at all
         hold = first.add_lane(1) if self.serve else None
@@ -675,7 +685,8 @@ class Pipeline:
             outbox = Channel(f"after-{name}", self.abort_event)
             out_lane = outbox.add_lane(size)
             metrics.add_stage(name, inbox.depth)
-            self._spawn(f"stage-{name}", self._run_stage, name, stage, inbox, outbox, out_lane)
+            self._spawn(f"stage-{name}", self._run_stage, name, stage, inbox, outbox, out_lane,
+                        cpu_group=dedicated.index(i) if i in dedicated else -1)
             inbox = outbox
         metrics.add_stage("sinks", inbox.depth)
         self._spawn("sinks", self._run_sinks, list(zip(cfg.sinks, sinks)), inbox)
@@ -716,8 +727,16 @@ class Pipeline:
                     log.info("%s", metrics.log_line())
                     next_log = time.monotonic() + cfg.pipeline.log_interval_s
 
-    def _spawn(self, name: str, target: Any, *args: Any) -> None:
-        thread = threading.Thread(target=target, args=args, name=name, daemon=True)
+    def _spawn(self, name: str, target: Any, *args: Any, cpu_group: int = -1) -> None:
+        """Start a pipeline thread; with cpu pinning on, it runs on CPU group ``cpu_group`` (a dedicated
+        stage's index; -1: the group of every other thread)."""
+        cpus = None if self._pinning is None else self._pinning[cpu_group]
+
+        def run(*a: Any) -> None:
+            pin_current_thread(cpus)
+            target(*a)
+
+        thread = threading.Thread(target=run if cpus else target, args=args, name=name, daemon=True)
         with self._lock:
             self._threads.append(thread)
             if target == self._run_source:

@@ -2,6 +2,7 @@
 drop-oldest for live sources, stage failures counted (not fatal), start failures fatal, one context per
 pipeline (re-detection requests of one pipeline never reach another)."""
 
+import os
 import threading
 
 import numpy as np
@@ -277,3 +278,62 @@ def test_plugins_get_their_pipelines_context_or_a_private_one():
     one.process([Frame("cam", 1, None, 0.0, np.zeros((2, 2, 3), np.uint8))])
     two.process([Frame("cam", 1, None, 0.0, np.zeros((2, 2, 3), np.uint8))])
     assert two.taken == [False, True]
+
+
+class CpuStage(Stage):
+    """Records the CPUs its runtime thread may use (``dedicated`` option: a CPU-bound model stage)."""
+
+    name = "cpus"
+
+    class Options(PluginOptions):
+        dedicated: bool = False
+
+    def __init__(self, options: Options):
+        super().__init__(options)
+        self.dedicated_cpus = options.dedicated
+        self.seen: set[frozenset[int]] = set()
+
+    def process(self, frames: list[Frame]) -> list[Frame]:
+        self.seen.add(frozenset(os.sched_getaffinity(0)))
+        return frames
+
+
+def test_cpu_pinning_plan():
+    from engine.affinity import plan
+
+    assert plan("auto", 1, [0, 1]) == [{0}, {1}]
+    assert plan("auto", 1, list(range(16))) == [set(range(8)), set(range(8, 16))]
+    assert plan("auto", 2, [0, 1, 2, 3]) == [{0}, {1, 2}, {3}]  # (nearly) equal groups, in order
+    assert plan("auto", 2, [0, 1]) is None  # a group each is impossible: the OS places the threads
+    assert plan("auto", 0, [0, 1]) is None and plan("auto", 1, [0]) is None and plan("off", 1, [0, 1]) is None
+    # which built-ins ask for CPUs of their own: the landmark model; the detector only on every frame
+    from plugins.detectors.centerface import CenterFaceDetector
+    from plugins.landmarks.stage import LandmarkStage
+
+    assert LandmarkStage.dedicated_cpus
+    assert CenterFaceDetector(CenterFaceDetector.Options(detect_every=1)).dedicated_cpus
+    assert not CenterFaceDetector(CenterFaceDetector.Options(detect_every=30)).dedicated_cpus
+
+
+@pytest.mark.skipif(not hasattr(os, "sched_getaffinity") or len(os.sched_getaffinity(0)) < 2,
+                    reason="needs 2 usable CPUs")
+def test_cpu_pinning_auto_gives_the_dedicated_stage_its_own_cpus(clips, tmp_path):
+    from engine.affinity import plan, usable_cpus
+
+    plugins = discover() | {"cpus": CpuStage}
+    doc = {"pipeline": {"cpu_pinning": "auto"},
+           "sources": [{"type": "file", "id": "a", "path": str(clips["noface"])}],
+           "stages": [{"type": "cpus"}, {"type": "cpus", "dedicated": True}, {"type": "cpus"}],
+           "sinks": [{"type": "file_sink", "directory": str(tmp_path / "out")}]}
+    pipe = Pipeline(parse_config(doc, plugins))
+    summary = pipe.run(handle_signals=False)
+    assert summary["frames"] == 16
+    dedicated, rest = plan("auto", 1, usable_cpus())
+    first, model, last = pipe._stages
+    assert model.seen == {frozenset(dedicated)} and first.seen == last.seen == {frozenset(rest)}
+    assert os.sched_getaffinity(0) == set(usable_cpus())  # the caller's thread is left as it was
+
+    doc["pipeline"]["cpu_pinning"] = "off"  # the default: nothing pinned
+    pipe = Pipeline(parse_config(doc, plugins))
+    pipe.run(handle_signals=False)
+    assert all(s.seen == {frozenset(usable_cpus())} for s in pipe._stages)

@@ -236,6 +236,8 @@ class CenterFaceDetector(Stage):
         super().__init__(options)
         self.batch_size = options.batch_size
         self.max_wait_ms = options.max_wait_ms
+        # CPU-bound only when it detects on every frame ([pipeline] cpu_pinning, engine/affinity.py)
+        self.dedicated_cpus = options.detect_every == 1
         self.detector: CenterFace | None = None
         self._since_detection: dict[str, int] = {}  # stream id -> frames since its last detection
 

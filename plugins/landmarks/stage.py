@@ -73,6 +73,7 @@ class LandmarkStage(Stage):
     """3D landmarks, head pose, confidence and occlusion per face (landmark transformer bundle)."""
 
     name = "landmarks"
+    dedicated_cpus = True  # the model call is the pipeline's CPU bottleneck ([pipeline] cpu_pinning)
 
     class Options(PluginOptions):
         bundle: str | None = path_option(None, description="Model bundle directory; default: the engine's bundled model.")
