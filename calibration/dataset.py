@@ -31,7 +31,7 @@ from engine.video import is_image
 
 log = logging.getLogger(__name__)
 
-SYNTHETIC_HINT = ("synthetic crops: none, real video faces only; to add generator renders with ground-truth "
+SYNTHETIC_HINT = ("synthetic crops: none, real faces only (videos, photos); to add generator renders with ground-truth "
                   "landmarks, give --dataset DIR (CropSetConfig.dataset), a folder written by "
                   "`python -m training.pseudolabel` (its MV samples are used)")
 
