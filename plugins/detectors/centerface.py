@@ -271,12 +271,8 @@ class CenterFaceDetector(Stage):
         every = self.options.detect_every
         since = self._since_detection.get(frame.stream_id)
         requested = self.context.redetect.take(frame.stream_id) if every > 1 else False
-        if since is None or since + 1 >= every or requested:
-            self._since_detection[frame.stream_id] = 0
-            if frame.meta.get("end_of_stream"):
-                self._since_detection.pop(frame.stream_id, None)
-            return True
-        self._since_detection[frame.stream_id] = since + 1
+        detect = since is None or since + 1 >= every or requested
+        self._since_detection[frame.stream_id] = 0 if detect else since + 1
         if frame.meta.get("end_of_stream"):
             self._since_detection.pop(frame.stream_id, None)
-        return False
+        return detect

@@ -40,7 +40,6 @@ from plugins.landmarks.model import (
     BundleMissingError,
     LandmarkModel,
     missing_bundle_message,
-    uncrop,
     write_faces,
 )
 from plugins.trackers.face_tracker import FaceTracker, roi_from_track
@@ -50,8 +49,8 @@ from plugins.trackers.one_euro import LANDMARK_PARAMS, ROTATION_PARAMS, FaceSmoo
 log = logging.getLogger(__name__)
 
 # re-exported: callers imported these from here before plugins/landmarks/model.py existed
-__all__ = ["BundleMissingError", "LandmarkStage", "crop_face", "fill_face", "fill_faces", "image_intrinsics",
-           "keypoints_from_landmarks", "missing_bundle_message", "pose_to_image", "roi_from_track"]
+__all__ = ["BundleMissingError", "LandmarkStage", "crop_face", "image_intrinsics", "keypoints_from_landmarks",
+           "missing_bundle_message", "pose_to_image", "roi_from_track"]
 
 
 # ---------------------------------------------------------------- per-stream state
@@ -253,18 +252,3 @@ class LandmarkStage(Stage):
             if frame.meta.get("end_of_stream"):
                 self.streams.pop(frame.stream_id, None)  # long runs over many files keep no stale state
         frame.meta["landmarks_time"] = time.time()
-
-
-def fill_faces(faces: list[Face], out: dict[str, np.ndarray], M: np.ndarray, K0: np.ndarray, K: np.ndarray,
-               normals: np.ndarray) -> list[Face]:
-    """Write the model outputs (crop camera; row i for ``faces[i]``) into the faces, in image coordinates
-    (camera ``K``): :func:`plugins.landmarks.model.uncrop` + ``write_faces``."""
-    write_faces(faces, uncrop(out, M, K0, K, normals))
-    return faces
-
-
-def fill_face(face: Face, out: dict[str, np.ndarray], M: np.ndarray, bundle: Bundle, K: np.ndarray) -> Face:
-    """Write one face's model outputs (crop camera) into ``face`` in image coordinates (camera ``K``)."""
-    rows = {name: np.asarray(value)[None] for name, value in out.items()}
-    fill_faces([face], rows, np.asarray(M, np.float64)[None], bundle.K0, np.asarray(K, np.float64)[None], bundle.normals)
-    return face
