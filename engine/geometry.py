@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from engine.crop import invert_affine
 from engine.landmarks68 import NOSE_BRIDGE, NUM_LANDMARKS
 
 FRONTAL = np.diag([1.0, -1.0, -1.0])
@@ -131,7 +132,7 @@ def pose_to_image(R_crop: np.ndarray, t_crop: np.ndarray, M: np.ndarray, K0: np.
     centre. ``M``: image -> crop affine. Returns (R, t) with ``X_cam = R @ X_head + t``. Vectorised:
     ``R_crop`` (..., 3, 3), ``t_crop`` (..., 3), ``M`` and ``K`` (..., 3, 3) (``K`` may be one (3, 3)).
     """
-    return pose_from_crop(R_crop, t_crop, np.linalg.inv(M), K0, np.linalg.inv(K), K[..., 0, 0])
+    return pose_from_crop(R_crop, t_crop, invert_affine(M), K0, invert_affine(K), K[..., 0, 0])
 
 
 def pose_from_crop(R_crop: np.ndarray, t_crop: np.ndarray, Minv: np.ndarray, K0: np.ndarray, Kinv: np.ndarray,

@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 
 from engine.crop import (
-    crop_matrix, crop_to_image, jitter_roi, roi_from_box, roi_from_landmarks, transform_points, warp_crop,
+    crop_matrix, crop_to_image, invert_affine, jitter_roi, roi_from_box, roi_from_landmarks, transform_points, warp_crop,
 )
 
 
@@ -29,6 +29,17 @@ def test_crop_matrix_maps_roi_edges_and_inverts():
     assert np.allclose(transform_points(M, [[10, 20], [110, 120], [60, 70]]), [[-0.5, -0.5], [49.5, 49.5], [24.5, 24.5]])
     pts = np.random.default_rng(1).uniform(0, 200, (68, 2))
     assert np.allclose(crop_to_image(M, transform_points(M, pts)), pts)
+
+
+def test_invert_affine_equals_the_general_inverse():
+    # crop affines, camera matrices and any 2D affine, one or a stack (the per-frame path's inverse)
+    rng = np.random.default_rng(2)
+    M = np.tile(np.eye(3), (6, 1, 1))
+    M[:, :2] = rng.normal(0, 3, (6, 2, 3))
+    M[0] = crop_matrix([10.3, -20.1, 300.7, 270.5], 96)
+    M[1] = [[700.0, 0.0, 255.5], [0.0, 700.0, 199.5], [0.0, 0.0, 1.0]]
+    np.testing.assert_allclose(invert_affine(M), np.linalg.inv(M), rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(invert_affine(M[0]), np.linalg.inv(M[0]), rtol=1e-12, atol=1e-12)
 
 
 @pytest.mark.parametrize("roi,size", [([30.3, 12.7, 90.3, 72.7], 48), ([0, 0, 200, 200], 32), ([-20, -10, 60, 70], 40)])

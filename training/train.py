@@ -137,11 +137,26 @@ def init_backbone(model, spec: str) -> None:
     log.info("encoder initialised from %s (%d tensors, %d unused: %s)", path, len(state), len(unused), unused[:4])
 
 
+def resample_grid(tensor: torch.Tensor, shape: torch.Size) -> torch.Tensor:
+    """A position embedding of a square token grid (1, g*g, C) resized (bicubic, timm's
+    ``resample_abs_pos_embed``) to another square grid of the same channels, so a model at another input
+    size keeps its source's learned positions; any other tensor comes back as it is."""
+    from timm.layers import resample_abs_pos_embed
+
+    if tensor.shape == shape or tensor.ndim != 3 or len(shape) != 3 or tensor.shape[0] != 1 or shape[0] != 1:
+        return tensor
+    old, new = math.isqrt(tensor.shape[1]), math.isqrt(shape[1])
+    if tensor.shape[2] != shape[2] or old * old != tensor.shape[1] or new * new != shape[1]:
+        return tensor
+    return resample_abs_pos_embed(tensor.float(), [new, new], [old, old], num_prefix_tokens=0).to(tensor.dtype)
+
+
 def init_from(model, scales, spec: str) -> None:
     """Start from another model's weights (train.init_from): a training checkpoint (``.pt``), a bundle
     folder or a ``.safetensors`` file. Every tensor whose name and shape match is copied, so a smaller
     or reshaped architecture keeps what it shares with the source (e.g. a trained encoder) and the rest
-    keeps its fresh initialisation; both counts are logged."""
+    keeps its fresh initialisation; both counts are logged. Position embeddings of another input size are
+    resized to this model's token grid first (``resample_grid``)."""
     from safetensors.torch import load_file
 
     path = Path(spec)
@@ -158,6 +173,7 @@ def init_from(model, scales, spec: str) -> None:
         ck = torch.load(path, map_location="cpu", weights_only=False)
         state = ck["model"]
     own = model.state_dict()
+    state = {k: resample_grid(v, own[k].shape) if k in own else v for k, v in state.items()}
     matching = {k: v.to(own[k].dtype) for k, v in state.items() if k in own and own[k].shape == v.shape}
     if not matching:
         raise ValueError(f"train.init_from: {path} shares no tensor (name and shape) with this model")

@@ -31,7 +31,7 @@ import numpy as np
 
 from engine.assets import default_bundle
 from engine.bundle import Bundle, load_bundle
-from engine.crop import crop_face, crop_matrix, roi_from_box, roi_from_landmarks
+from engine.crop import crop_face, crop_matrix, invert_affine, roi_from_box, roi_from_landmarks
 from engine.frame import Face
 from engine.geometry import euler_from_rotation, image_intrinsics, pose_from_crop, visibility_mask, visibility_thresholds
 from engine.landmarks68 import NUM_LANDMARKS, keypoints_from_landmarks
@@ -64,9 +64,9 @@ def uncrop(out: dict[str, np.ndarray], M: np.ndarray, K0: np.ndarray, K: np.ndar
 
     ``M``, ``K``: (N, 3, 3) image -> crop affines and frame cameras. Returns the :data:`OUTPUT_FIELDS`
     as float32 arrays (``visibility`` bool)."""
-    Minv = np.linalg.inv(M)
+    Minv = invert_affine(M)
     R, t = pose_from_crop(out["rotation"].astype(np.float64), out["translation"].astype(np.float64), Minv, K0,
-                          np.linalg.inv(K), K[:, 0, 0])
+                          invert_affine(K), K[:, 0, 0])
     canonical = out["landmarks_3d"].astype(np.float64)
     R32 = R.astype(np.float32)
     return {

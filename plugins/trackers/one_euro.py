@@ -10,8 +10,8 @@ element-wise. Speeds are divided by a ``scale`` the caller passes, so ``beta`` i
 place: ``landmarks_2d`` (speed in face sizes, the 2D landmark box), ``landmarks_3d`` and ``translation``
 (speed in 3D face sizes, cm), and ``rotation`` (the 3x3 matrix filtered element-wise, then projected
 back onto SO(3) with an SVD; its entries are unitless, so beta is per (rad/s) roughly), after which
-``euler`` is recomputed with :func:`engine.geometry.euler_from_rotation`. :meth:`FaceSmoother.apply_all`
-does the same for all faces of a frame in one vectorised step (the same arithmetic, over a face axis).
+``euler`` is recomputed with :func:`engine.geometry.euler_from_rotation`. All fields of all faces of a frame
+go through one vectorised filter step (:meth:`FaceSmoother.apply_all`).
 """
 
 from __future__ import annotations
@@ -94,27 +94,6 @@ class OneEuroFilter:
         return self._x.copy()
 
 
-def _steady(f: OneEuroFilter, x: np.ndarray, t: float) -> bool:
-    """Would ``f(x, t)`` take the ordinary filter step (initialised, same shape, time advancing)?"""
-    return f._x is not None and f._t is not None and t > f._t and x.shape == f._x.shape
-
-
-def _step_many(filters: list[OneEuroFilter], x: np.ndarray, t: float, scale: np.ndarray) -> np.ndarray:
-    """One :class:`OneEuroFilter` step of every filter in ``filters`` (all steady, one params set) on
-    the rows of ``x`` (n, ...) at time ``t``, vectorised; returns the (n, ...) outputs."""
-    f0 = filters[0]
-    xp = np.stack([f._x for f in filters])
-    dxp = np.stack([f._dx for f in filters])
-    shape = (-1,) + (1,) * (x.ndim - 1)
-    dt = (t - np.array([f._t for f in filters])).reshape(shape)
-    speed = (x - xp) / dt / np.maximum(scale, 1e-12).reshape(shape)
-    dx = dxp + _alpha(f0.d_cutoff, dt) * (speed - dxp)
-    out = xp + _alpha(f0.min_cutoff + f0.beta * np.abs(dx), dt) * (x - xp)
-    for i, f in enumerate(filters):
-        f._x, f._dx, f._t = out[i], dx[i], float(t)
-    return out
-
-
 class RotationFilter:
     """One-Euro on the 9 matrix entries, re-orthonormalised. Averaging matrices is well behaved for
     the small frame-to-frame rotations of a tracked head (no quaternion sign flips to handle)."""
@@ -134,27 +113,33 @@ def frame_timestamp(frame: Frame, fps: float = 25.0) -> float:
     return float(frame.pts) if frame.pts is not None else frame.index / fps
 
 
-def _extent(points: np.ndarray) -> float:
-    """Larger side of the bounding box of (K, D) points, over the first two axes."""
-    p = np.asarray(points, np.float64)[:, :2]
-    return float(np.max(p.max(axis=0) - p.min(axis=0)))
+# A face's smoothed fields, flattened into one vector per track so one filter step covers them all:
+# landmarks_2d (68 x 2), landmarks_3d (68 x 3), translation (3), rotation (3 x 3 entries).
+_LM2, _LM3, _TRANS, _ROT = slice(0, 136), slice(136, 340), slice(340, 343), slice(343, 352)
+_STATE_SIZE = 352
+_FIELDS = ((_LM2, "landmarks_2d"), (_LM3, "landmarks_3d"), (_TRANS, "translation"), (_ROT, "rotation"))
 
 
-class _TrackFilters:
-    def __init__(self, landmarks: OneEuroParams, rotation: OneEuroParams, translation: OneEuroParams):
-        self.landmarks_2d = OneEuroFilter.from_params(landmarks)
-        self.landmarks_3d = OneEuroFilter.from_params(landmarks)
-        self.translation = OneEuroFilter.from_params(translation)
-        self.rotation = RotationFilter(rotation)
+class _TrackState:
+    """One track's filter state: last output ``x``, last filtered speed ``dx`` (both (352,)), time ``t``."""
+
+    __slots__ = ("x", "dx", "t")
+
+    def __init__(self, x: np.ndarray, t: float):
+        self.x, self.dx, self.t = x, np.zeros_like(x), t
 
 
 class FaceSmoother:
     """Per-track One-Euro smoothing of a stream's faces (one instance per stream).
 
-    ``apply(face, t)`` smooths ``face`` in place (and returns it) with the filters of ``face.track_id``;
-    a track id it has not seen gets fresh filters, so a new track never inherits another's state. Faces
-    without a track id are returned unchanged (nothing ties them to a previous frame).
-    Call :meth:`retain` with the live track ids now and then to free filters of ended tracks.
+    ``apply(face, t)`` smooths ``face`` in place (and returns it) with the filter state of
+    ``face.track_id``; a track id it has not seen starts fresh, so a new track never inherits another's
+    state. Faces without a track id are returned unchanged (nothing ties them to a previous frame); a
+    field a face lacks (None) is skipped. The filter is
+    :class:`OneEuroFilter`'s step on all smoothed fields of all faces of a frame at once (per-element
+    parameters and speed scales), so its cost hardly grows with the fields or the faces. A time that does
+    not advance returns the previous output; one going backwards restarts the track (a looped file).
+    Call :meth:`retain` with the live track ids now and then to free the state of ended tracks.
     """
 
     def __init__(
@@ -166,81 +151,84 @@ class FaceSmoother:
         self.landmarks = landmarks
         self.rotation = rotation
         self.translation = translation
-        self._tracks: dict[int, _TrackFilters] = {}
+        self._tracks: dict[int, _TrackState] = {}
+        per_field = ((_LM2, landmarks), (_LM3, landmarks), (_TRANS, translation), (_ROT, rotation))
+        self._min_cutoff, self._beta, self._d_cutoff = (np.empty(_STATE_SIZE) for _ in range(3))
+        for part, params in per_field:
+            if params.min_cutoff <= 0 or params.d_cutoff <= 0 or params.beta < 0:
+                raise ValueError(f"need min_cutoff > 0, d_cutoff > 0, beta >= 0; got {params}")
+            self._min_cutoff[part], self._beta[part], self._d_cutoff[part] = (
+                params.min_cutoff, params.beta, params.d_cutoff)
 
     def __len__(self) -> int:
         return len(self._tracks)
 
     def apply(self, face: Face, t: float) -> Face:
-        if face.track_id is None:
-            return face
-        filters = self._tracks.get(face.track_id)
-        if filters is None:
-            filters = self._tracks[face.track_id] = _TrackFilters(self.landmarks, self.rotation, self.translation)
-        if face.landmarks_2d is not None:
-            size = max(_extent(face.landmarks_2d), 1.0)
-            face.landmarks_2d = filters.landmarks_2d(face.landmarks_2d, t, size).astype(np.float32)
-        size_3d = DEFAULT_FACE_SIZE_CM
-        if face.landmarks_3d is not None:
-            size_3d = max(_extent(face.landmarks_3d), 1.0)
-            face.landmarks_3d = filters.landmarks_3d(face.landmarks_3d, t, size_3d).astype(np.float32)
-        if face.translation is not None:
-            face.translation = filters.translation(face.translation, t, size_3d).astype(np.float32)
-        if face.rotation is not None:
-            rotation = filters.rotation(face.rotation, t)
-            face.rotation = rotation.astype(np.float32)
-            face.euler = euler_from_rotation(rotation).astype(np.float32)
+        self.apply_all([face], t)
         return face
 
     def apply_all(self, faces: list[Face], t: float) -> list[Face]:
-        """:meth:`apply` to every face of one frame, vectorised over the faces (same results).
-
-        Faces with every smoothed field whose filters are steady go through one batched step; the
-        others (new tracks, restarts, missing fields) through :meth:`apply`.
-        """
-        if sum(face.track_id is not None for face in faces) < 2:  # one face: the plain step has less overhead
-            for face in faces:
-                self.apply(face, t)
+        """Smooth every face of one frame (at time ``t``, seconds) in place, vectorised over the faces."""
+        rows = [face for face in faces if face.track_id is not None]
+        if not rows:
             return faces
-        batch: list[tuple[Face, _TrackFilters]] = []
-        for face in faces:
-            if face.track_id is None:
-                continue
-            filters = self._tracks.get(face.track_id)
-            if (filters is not None and face.landmarks_2d is not None and face.landmarks_3d is not None
-                    and face.translation is not None and face.rotation is not None
-                    and _steady(filters.landmarks_2d, face.landmarks_2d, t)
-                    and _steady(filters.landmarks_3d, face.landmarks_3d, t)
-                    and _steady(filters.translation, face.translation, t)
-                    and _steady(filters.rotation._filter, face.rotation.reshape(3, 3), t)):
-                batch.append((face, filters))
-            else:
-                self.apply(face, t)
-        if not batch:
-            return faces
-        fs = [f for _, f in batch]
-        lm2 = np.stack([face.landmarks_2d for face, _ in batch]).astype(np.float64)
-        lm3 = np.stack([face.landmarks_3d for face, _ in batch]).astype(np.float64)
-        size_2d = np.maximum(np.ptp(lm2, axis=1).max(axis=-1), 1.0)
-        size_3d = np.maximum(np.ptp(lm3[..., :2], axis=1).max(axis=-1), 1.0)
-        lm2 = _step_many([f.landmarks_2d for f in fs], lm2, t, size_2d).astype(np.float32)
-        lm3 = _step_many([f.landmarks_3d for f in fs], lm3, t, size_3d).astype(np.float32)
-        trans = np.stack([face.translation for face, _ in batch]).astype(np.float64)
-        trans = _step_many([f.translation for f in fs], trans, t, size_3d).astype(np.float32)
-        rot = np.stack([face.rotation for face, _ in batch]).astype(np.float64)
-        rot = orthonormalize(_step_many([f.rotation._filter for f in fs], rot, t, np.ones(len(fs))))
-        euler = euler_from_rotation(rot).astype(np.float32)
-        rot32 = rot.astype(np.float32)
-        for i, (face, _) in enumerate(batch):
-            face.landmarks_2d, face.landmarks_3d, face.translation = lm2[i], lm3[i], trans[i]
-            face.rotation, face.euler = rot32[i], euler[i]
+        n, t = len(rows), float(t)
+        states = [self._tracks.get(face.track_id) for face in rows]
+        x = np.zeros((n, _STATE_SIZE))
+        for i, (face, st) in enumerate(zip(rows, states)):
+            for part, name in _FIELDS:
+                value = getattr(face, name)
+                if value is not None:
+                    x[i, part] = value.reshape(-1)
+                elif st is not None:  # a field this face lacks keeps its state (zero speed)
+                    x[i, part] = st.x[part]
+        size_3d = np.array([DEFAULT_FACE_SIZE_CM if face.landmarks_3d is None else np.nan for face in rows])
+        steady = [i for i, st in enumerate(states) if st is not None and t > st.t]
+        out = x.copy()
+        for i, (face, st) in enumerate(zip(rows, states)):
+            if st is None or t < st.t:  # a new track, or time went back: start from this sample
+                self._tracks[face.track_id] = _TrackState(x[i].copy(), t)
+            elif t == st.t:  # no time has passed: the previous output
+                out[i] = st.x
+        if steady:
+            out[steady] = self._step([states[i] for i in steady], x[steady], t, size_3d[steady])
+        rotation = orthonormalize(out[:, _ROT].reshape(n, 3, 3))
+        euler = euler_from_rotation(rotation).astype(np.float32)
+        out32, rotation32 = out.astype(np.float32), rotation.astype(np.float32)
+        for i, face in enumerate(rows):
+            for part, name in _FIELDS[:3]:
+                if getattr(face, name) is not None:
+                    setattr(face, name, out32[i, part].reshape(getattr(face, name).shape))
+            if face.rotation is not None:
+                face.rotation, face.euler = rotation32[i], euler[i]
         return faces
+
+    def _step(self, states: list[_TrackState], x: np.ndarray, t: float, size_3d: np.ndarray) -> np.ndarray:
+        """The One-Euro step of ``states`` on samples ``x`` (n, 352) at time ``t``; updates the states.
+        Speeds are in face sizes per second: the 2D landmarks' box for 2D, the 3D landmarks' (x, y)
+        box (``size_3d`` where given, NaN elsewhere) for 3D landmarks and translation; rotation entries
+        are unitless."""
+        n = len(states)
+        xp = np.stack([st.x for st in states])
+        dxp = np.stack([st.dx for st in states])
+        dt = (t - np.array([st.t for st in states]))[:, None]
+        lm2, lm3 = x[:, _LM2].reshape(n, -1, 2), x[:, _LM3].reshape(n, -1, 3)[..., :2]
+        scale = np.ones((n, _STATE_SIZE))
+        scale[:, _LM2] = np.maximum(np.ptp(lm2, axis=1).max(axis=-1), 1.0)[:, None]
+        size_3d = np.where(np.isnan(size_3d), np.ptp(lm3, axis=1).max(axis=-1), size_3d)
+        scale[:, _LM3.start:_TRANS.stop] = np.maximum(size_3d, 1.0)[:, None]
+        speed = (x - xp) / dt / scale
+        dx = dxp + _alpha(self._d_cutoff, dt) * (speed - dxp)
+        out = xp + _alpha(self._min_cutoff + self._beta * np.abs(dx), dt) * (x - xp)
+        for i, st in enumerate(states):
+            st.x, st.dx, st.t = out[i], dx[i], t
+        return out
 
     def update(self, faces: list[Face], t: float, live_ids: Iterable[int], normals: np.ndarray | None = None
                ) -> list[Face]:
         """One frame: smooth ``faces`` (:meth:`apply_all`), keep ``landmarks_3d = R @ L + t`` (the canonical
         shape follows the smoothed 3D points) and, given the bundle's ``normals``, the occlusion mask of the
-        smoothed rotation; then free the filters of tracks not in ``live_ids``."""
+        smoothed rotation; then free the state of tracks not in ``live_ids``."""
         self.apply_all(faces, t)
         if faces and normals is not None:
             R = np.stack([f.rotation for f in faces])
@@ -253,11 +241,11 @@ class FaceSmoother:
         return faces
 
     def forget(self, track_id: int) -> None:
-        """Drop one track's filters (its id will not come back; a new id starts fresh anyway)."""
+        """Drop one track's state (its id will not come back; a new id starts fresh anyway)."""
         self._tracks.pop(track_id, None)
 
     def retain(self, track_ids: Iterable[int]) -> None:
-        """Keep only the filters of ``track_ids`` (the tracker's live tracks)."""
+        """Keep only the state of ``track_ids`` (the tracker's live tracks)."""
         keep = set(track_ids)
         for tid in [t for t in self._tracks if t not in keep]:
             del self._tracks[tid]
