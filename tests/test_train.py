@@ -1,5 +1,6 @@
 import subprocess
 import sys
+import tempfile
 import tomllib
 from pathlib import Path
 
@@ -112,6 +113,32 @@ def test_init_from_starts_a_new_stage_from_checkpoint_weights(dataset, tmp_path)
     assert stage["step"] == 1 and stage["config"]["train"]["init_from"] == str(first)
     for k, v in src["model"].items():
         assert torch.equal(v, stage["model"][k]), k
+
+
+def test_init_from_resizes_position_embeddings_to_another_input_size():
+    # a 128 px model's learned positions start a 96 px one (4x4 -> 3x3 stride-32 grid, 8x8 -> 6x6 stride-16):
+    # resized, not dropped; every other tensor copied as it is
+    from plugins.landmarks.transformer import LandmarkTransformerConfig
+    from training.train import init_from, resample_grid
+
+    base = dict(backbone="mobilenetv1_050_3ddfa", decoder_dim=32, decoder_heads=2, decoder_depth=1, mlp_ratio=1.0)
+    src = create_model(LandmarkTransformerConfig(img_size=128, **base))
+    dst = create_model(LandmarkTransformerConfig(img_size=96, **base))
+    pos = src.backbone.net.pos16.detach()
+    resized = resample_grid(pos, dst.backbone.net.pos16.shape)
+    assert resized.shape == dst.backbone.net.pos16.shape == (1, 36, pos.shape[2])
+    # a constant embedding stays constant; a tensor that is no square grid comes back unchanged
+    assert torch.allclose(resample_grid(torch.ones(1, 64, 8), torch.Size((1, 36, 8))), torch.ones(1, 36, 8), atol=1e-5)
+    odd = torch.zeros(1, 68, 8)
+    assert resample_grid(odd, torch.Size((1, 36, 8))) is odd
+    with tempfile.TemporaryDirectory() as d:
+        from safetensors.torch import save_file
+
+        save_file({k: v.contiguous() for k, v in src.state_dict().items()}, f"{d}/w.safetensors")
+        init_from(dst, None, f"{d}/w.safetensors")
+    assert torch.allclose(dst.backbone.net.pos16, resized)
+    assert torch.equal(dst.backbone.net.trunk.conv1.weight, src.backbone.net.trunk.conv1.weight)
+    assert torch.equal(dst.blocks[0].mlp[0].weight, src.blocks[0].mlp[0].weight)
 
 
 def test_cli_runs_and_validates(dataset, tmp_path):
