@@ -60,9 +60,17 @@ def region_of(index: int) -> str:
 _EYE_R, _EYE_L, _NOSE, _MOUTH_R, _MOUTH_L = slice(36, 42), slice(42, 48), 30, 48, 54
 
 
+def _keypoint_weights() -> np.ndarray:
+    w = np.zeros((5, NUM_LANDMARKS))
+    w[0, _EYE_R], w[1, _EYE_L] = 1.0 / 6.0, 1.0 / 6.0
+    w[2, _NOSE], w[3, _MOUTH_R], w[4, _MOUTH_L] = 1.0, 1.0, 1.0
+    return w
+
+
+_KEYPOINT_WEIGHTS = _keypoint_weights()  # (5, 68): one matrix product per call (a per-frame path)
+
+
 def keypoints_from_landmarks(lm: np.ndarray) -> np.ndarray:
-    """(..., 68, 2) -> (..., 5, 2) in CenterFace order (subject's right eye, left eye, nose, right/left mouth)."""
-    lm = np.asarray(lm)
-    parts = [lm[..., _EYE_R, :].mean(-2), lm[..., _EYE_L, :].mean(-2), lm[..., _NOSE, :], lm[..., _MOUTH_R, :],
-             lm[..., _MOUTH_L, :]]
-    return np.stack(parts, axis=-2).astype(np.float32)
+    """(..., 68, 2) -> (..., 5, 2) in CenterFace order (subject's right eye, left eye, nose, right/left mouth):
+    the eye centres are the means of their 6 points."""
+    return (_KEYPOINT_WEIGHTS @ np.asarray(lm, np.float64)).astype(np.float32)
