@@ -659,7 +659,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
         bundle = default_bundle()
     except Exception:  # the report must still be written (environment says what is missing)
-        bundle = REPO / "models" / "facelift_mbv1_fast_128"
+        bundle = REPO / "models" / "facelift_mbv1_fast_96"
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     default_out = Path(os.environ["OUT"]) / "gpu_check.json" if os.environ.get("OUT") else Path("gpu_check.json")
     p.add_argument("--out", type=Path, default=default_out, help="the JSON report (default: $OUT/gpu_check.json)")

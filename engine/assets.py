@@ -28,7 +28,7 @@ def sample_clip() -> Path:
     return REPO_ROOT / "samples" / "astronaut.mp4"
 
 
-DEFAULT_BUNDLE_NAME = "facelift_mbv1_fast_128"
+DEFAULT_BUNDLE_NAME = "facelift_mbv1_fast_96"
 
 
 def default_bundle() -> Path:

@@ -118,6 +118,23 @@ def box_factor(Minv: np.ndarray) -> int:
     return factor if factor >= 2 else 1
 
 
+def _block_means(image: np.ndarray, factor: int) -> np.ndarray:
+    """float32 means of the ``factor x factor`` blocks of a uint8 image (sides multiples of ``factor``),
+    exact: the means are not rounded before the bilinear taps. INTER_AREA at an integer factor is the
+    block mean; on the image scaled by ``factor**2`` in uint16 that mean is the block *sum*, an
+    integer, so nothing is rounded, and uint16 runs ~3x faster than INTER_AREA on float32 (the crop of a
+    large face is on the per-frame path)."""
+    h, w = image.shape[:2]
+    weight = factor * factor
+    if image.dtype != np.uint8 or weight * 255 > np.iinfo(np.uint16).max:
+        return cv2.resize(image.astype(np.float32), (w // factor, h // factor), interpolation=cv2.INTER_AREA)
+    sums = cv2.resize(np.multiply(image, np.uint16(weight), dtype=np.uint16), (w // factor, h // factor),
+                      interpolation=cv2.INTER_AREA)
+    means = sums.astype(np.float32)
+    means *= np.float32(1.0 / weight)
+    return means
+
+
 def warp_crop(image: np.ndarray, M: np.ndarray, size: int, fill: int = 0, out: np.ndarray | None = None) -> np.ndarray:
     """Bilinear resample of an HxWx3 uint8 image into a ``size x size`` crop given image->crop ``M``.
 
@@ -139,10 +156,7 @@ def warp_crop(image: np.ndarray, M: np.ndarray, size: int, fill: int = 0, out: n
         ph, pw = -image.shape[0] % factor, -image.shape[1] % factor
         if ph or pw:
             src = cv2.copyMakeBorder(image, 0, ph, 0, pw, cv2.BORDER_REPLICATE)
-        h, w = src.shape[:2]
-        # float: block means are not rounded before the bilinear taps (INTER_AREA at an integer
-        # factor is the exact block mean)
-        src = cv2.resize(src.astype(np.float32), (w // factor, h // factor), interpolation=cv2.INTER_AREA)
+        src = _block_means(src, factor)
         down = np.array([[1 / factor, 0, 0.5 / factor - 0.5], [0, 1 / factor, 0.5 / factor - 0.5], [0, 0, 1]])
         Minv = down @ Minv
     channels = image.shape[2]

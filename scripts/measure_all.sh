@@ -5,7 +5,7 @@ set -uo pipefail
 cd "$(dirname "$0")/.."
 out="${1:-runs/measure}"; mkdir -p "$out"
 py=.venv/bin/python
-bundle=models/facelift_mbv1_fast_128
+bundle=models/facelift_mbv1_fast_96
 run() { local name=$1; shift; echo "== $name: $*"; "$@" > "$out/$name.log" 2>&1; echo "   exit $? ($out/$name.log)"; }
 run decode_detect     $py benchmarks/bench_decode_detect.py
 run landmarks         $py benchmarks/bench_landmarks.py --bundle $bundle --backends onnxruntime torch --batches 1 8 32 --seconds 3

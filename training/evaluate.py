@@ -1,6 +1,6 @@
 """Evaluation runner: models x datasets -> NME, NMLC, pose error, per region and category; tables + plots.
 
-    python -m training.evaluate --model models/facelift_mbv1_fast_128 --baseline teacher \\
+    python -m training.evaluate --model models/facelift_mbv1_fast_96 --baseline teacher \\
         --dataset synthetic --limit 200 --out runs/eval/synthetic
     python -m training.evaluate --model LLL=runs/lll/bundle --model L1=runs/l1/bundle \\
         --dataset dad3d=/data/dad3d --faces /data/flame_mesh_faces.pt --dataset multiface=/data/multiface --out DIR
