@@ -118,29 +118,12 @@ def box_factor(Minv: np.ndarray) -> int:
     return factor if factor >= 2 else 1
 
 
-def _block_means(image: np.ndarray, factor: int) -> np.ndarray:
-    """float32 means of the ``factor x factor`` blocks of a uint8 image (sides multiples of ``factor``),
-    exact: the means are not rounded before the bilinear taps. INTER_AREA at an integer factor is the
-    block mean; on the image scaled by ``factor**2`` in uint16 that mean is the block *sum*, an
-    integer, so nothing is rounded, and uint16 runs ~3x faster than INTER_AREA on float32 (the crop of a
-    large face is on the per-frame path)."""
-    h, w = image.shape[:2]
-    weight = factor * factor
-    if image.dtype != np.uint8 or weight * 255 > np.iinfo(np.uint16).max:
-        return cv2.resize(image.astype(np.float32), (w // factor, h // factor), interpolation=cv2.INTER_AREA)
-    sums = cv2.resize(np.multiply(image, np.uint16(weight), dtype=np.uint16), (w // factor, h // factor),
-                      interpolation=cv2.INTER_AREA)
-    means = sums.astype(np.float32)
-    means *= np.float32(1.0 / weight)
-    return means
-
-
 def warp_crop(image: np.ndarray, M: np.ndarray, size: int, fill: int = 0, out: np.ndarray | None = None) -> np.ndarray:
     """Bilinear resample of an HxWx3 uint8 image into a ``size x size`` crop given image->crop ``M``.
 
     Pixels outside the image get ``fill``. When the crop is much smaller than the roi (downscaling by
     more than 2x, :func:`box_factor`) the image is first box-filtered (edge-padded to a multiple of the
-    factor, block means kept in float) so the bilinear samples do not alias. OpenCV does the work
+    factor, block means rounded to uint8) so the bilinear samples do not alias. OpenCV does the work
     (INTER_AREA for the box filter, warpAffine for the bilinear taps; OpenCV >= 5 interpolates in
     float, so it matches a float bilinear to the rounding of .5 values). ``out``: an optional
     contiguous (size, size, 3) uint8 array to write into (no allocation per crop).
@@ -156,26 +139,19 @@ def warp_crop(image: np.ndarray, M: np.ndarray, size: int, fill: int = 0, out: n
         ph, pw = -image.shape[0] % factor, -image.shape[1] % factor
         if ph or pw:
             src = cv2.copyMakeBorder(image, 0, ph, 0, pw, cv2.BORDER_REPLICATE)
-        src = _block_means(src, factor)
+        # block means, rounded to uint8 (INTER_AREA at an integer factor is the block mean): the
+        # bilinear taps then run on uint8 too. Float means would differ by at most one grey level in
+        # the crop (tests/test_crop.py) at 3-4x the cost on a large face, on the per-frame path.
+        h, w = src.shape[:2]
+        src = cv2.resize(src, (w // factor, h // factor), interpolation=cv2.INTER_AREA)
         down = np.array([[1 / factor, 0, 0.5 / factor - 0.5], [0, 1 / factor, 0.5 / factor - 0.5], [0, 0, 1]])
         Minv = down @ Minv
     channels = image.shape[2]
     border = (float(fill),) * min(channels, 4)
-    flags = cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP
-    if src.dtype == np.uint8:
-        if out is None:
-            out = np.empty((size, size, channels), np.uint8)
-        cv2.warpAffine(src, Minv[:2], (size, size), dst=out, flags=flags, borderMode=cv2.BORDER_CONSTANT,
-                       borderValue=border)
-        return out
-    warped = cv2.warpAffine(src, Minv[:2], (size, size), flags=flags, borderMode=cv2.BORDER_CONSTANT, borderValue=border)
-    if warped.ndim == 2:  # OpenCV drops a single channel axis
-        warped = warped[..., None]
     if out is None:
         out = np.empty((size, size, channels), np.uint8)
-    np.add(warped, 0.5, out=warped)
-    np.clip(warped, 0, 255, out=warped)
-    out[...] = warped  # float -> uint8 truncates: + 0.5 above makes it round half up
+    cv2.warpAffine(src, Minv[:2], (size, size), dst=out, flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP,
+                   borderMode=cv2.BORDER_CONSTANT, borderValue=border)
     return out
 
 

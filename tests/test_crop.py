@@ -99,10 +99,11 @@ def _reference_warp(image: np.ndarray, M: np.ndarray, size: int, fill: int = 0) 
 
 
 def test_opencv_warp_matches_the_float_reference():
-    # OpenCV >= 5 interpolates in float: only .5 values may round the other way (<= 1 level, rare)
+    # OpenCV >= 5 interpolates in float: without the box filter only .5 values may round the other way
+    # (<= 1 level, rare); with it, the block means are rounded to uint8 first: still <= 1 level, more often
     rng = np.random.default_rng(3)
     image = rng.integers(0, 256, (239, 321, 3), dtype=np.uint8)
-    differ = total = 0
+    counts = {False: [0, 0], True: [0, 0]}  # box-filtered? -> [pixels that differ, pixels]
     for _ in range(40):  # inside, across the border, outside; up- and downscaled (box filter up to 6x)
         x0, y0 = rng.uniform(-150, 300, 2)
         side, size = rng.uniform(10, 400), int(rng.choice([32, 64, 128]))
@@ -112,5 +113,8 @@ def test_opencv_warp_matches_the_float_reference():
         assert got is out
         diff = np.abs(got.astype(int) - _reference_warp(image, M, size, fill=7))
         assert diff.max() <= 1, (side, size)
-        differ, total = differ + np.count_nonzero(diff), total + diff.size
-    assert differ <= 1e-3 * total
+        c = counts[side / size >= 4]
+        c[0], c[1] = c[0] + np.count_nonzero(diff), c[1] + diff.size
+    assert counts[True][1] and counts[False][1]
+    assert counts[False][0] <= 1e-3 * counts[False][1]
+    assert counts[True][0] <= 0.3 * counts[True][1], counts
