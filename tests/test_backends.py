@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from engine.bundle import load_bundle
-from engine.crop import crop_matrix, roi_from_box, warp_crop
+from engine.crop import box_factor, crop_matrix, roi_from_box, warp_crop
 from landmark_bundle import tiny_bundle
 from plugins.landmarks.backends import BackendError, create_backend, resolve_auto
 from plugins.landmarks.backends.tensorrt_backend import check_compatible, read_engine_manifest
@@ -71,6 +71,20 @@ def test_device_crop_matches_warp_crop(bundle, image):
     direct = backend.infer_crops([image], [(0, M) for M in Ms])
     ref = backend.infer(bundle.preprocess(crops))
     assert np.abs(direct["landmarks_2d"] - ref["landmarks_2d"]).max() < 0.02
+
+
+def test_device_box_filter_rounds_like_warp_crop(image):
+    # downscaled 2x to 6x: the device crop's block means are rounded as OpenCV rounds warp_crop's
+    size = 24
+    for factor in (2, 3, 4, 5, 6):
+        side = size * (2 * factor + 0.5)
+        M = crop_matrix([3.3, 1.7, 3.3 + side, 1.7 + side], size)
+        assert box_factor(np.linalg.inv(M)) == factor
+        ref = warp_crop(image, M, size).astype(np.float32)
+        t = torch.from_numpy(image).permute(2, 0, 1).float()
+        got = crop_batch([t], [(0, M)], size)[0].permute(1, 2, 0).numpy()
+        diff = np.abs(got - ref)
+        assert diff.max() <= 1.0 and diff.mean() < 0.02, (factor, diff.mean())
 
 
 def test_auto_and_errors(bundle, tmp_path):

@@ -62,7 +62,10 @@ def crop_batch(images: Sequence[torch.Tensor], faces: Sequence[tuple[int, np.nda
                 ph, pw = -src.shape[2] % factor, -src.shape[3] % factor
                 if ph or pw:
                     src = F.pad(src, (0, pw, 0, ph), mode="replicate")
+                # block means rounded to uint8 as OpenCV's INTER_AREA rounds them in warp_crop: half up
+                # at factor 2, half to even at larger factors (only 4, 6, ... can hit .5 exactly)
                 src = F.avg_pool2d(src, factor)
+                src = torch.floor(src + 0.5) if factor == 2 else torch.round(src)
             sources[(i, factor)] = src
         H, W = src.shape[2:]
         m = torch.as_tensor(np.stack([mi for _, mi in members]), device=device, dtype=torch.float64)
