@@ -61,7 +61,7 @@ def main() -> None:
     p.add_argument("--bundle")
     p.add_argument("--out", help="where the ONNX pair goes (default: a temp dir)")
     p.add_argument("--seconds", type=float, default=5.0, help="timing per configuration")
-    p.add_argument("--method", choices=["entropy", "percentile"], default="entropy")
+    p.add_argument("--method", choices=["entropy", "percentile"], default=QuantConfig().method)
     p.add_argument("--dataset", nargs="*", default=[], type=Path, metavar="DIR",
                    help="pseudo-label dataset folder(s): synthetic crops from their MV samples (default: none)")
     args = p.parse_args()

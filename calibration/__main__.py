@@ -24,7 +24,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--bundle", required=True, help="model bundle (input size and normalisation)")
     p.add_argument("--onnx", help="fp32 ONNX to quantise (default: the bundle's model.onnx)")
     p.add_argument("--out", required=True)
-    p.add_argument("--method", choices=["entropy", "percentile"], default="entropy")
+    p.add_argument("--method", choices=["entropy", "percentile"], default=QuantConfig().method)
     p.add_argument("--percentile", type=float, default=99.999)
     p.add_argument("--num-calibration", type=int, default=CropSetConfig().num_calibration)
     p.add_argument("--frames-per-video", type=int, default=CropSetConfig().frames_per_video)
