@@ -284,7 +284,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--out", help="output directory (default: <bundle>/engine)")
     p.add_argument("--max-nme-delta", type=float, default=Thresholds().max_nme_delta, help="%% of face size")
     p.add_argument("--max-pose-delta-deg", type=float, default=Thresholds().max_pose_delta_deg)
-    p.add_argument("--calib-method", choices=["entropy", "percentile"], default="percentile")  # QuantConfig().method
+    p.add_argument("--calib-method", choices=["entropy", "percentile"], default="percentile",  # QuantConfig().method
+                   help="int8 activation ranges (entropy failed the validation on the committed bundles)")
     p.add_argument("--int8-mode", choices=["qdq", "calibrator"], default="qdq",
                    help="TensorRT int8: Q/DQ ONNX (explicit) or calibration cache (implicit, TensorRT 10)")
     p.add_argument("--frames-per-video", type=int, default=CropSetConfig().frames_per_video)
