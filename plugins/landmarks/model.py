@@ -58,12 +58,14 @@ OUTPUT_FIELDS = ("landmarks_2d", "landmarks_3d", "landmarks_canonical", "rotatio
                  "confidence", "visibility")
 
 
-def uncrop(out: dict[str, np.ndarray], M: np.ndarray, K0: np.ndarray, K: np.ndarray, normals: np.ndarray
-           ) -> dict[str, np.ndarray]:
+def uncrop(out: dict[str, np.ndarray], M: np.ndarray, K0: np.ndarray, K: np.ndarray, normals: np.ndarray,
+           angles: bool = True) -> dict[str, np.ndarray]:
     """Model outputs in the crop camera (row i = face i) -> image coordinates (camera ``K``), vectorised.
 
     ``M``, ``K``: (N, 3, 3) image -> crop affines and frame cameras. Returns the :data:`OUTPUT_FIELDS`
-    as float32 arrays (``visibility`` bool)."""
+    as float32 arrays (``visibility`` bool). ``angles = False`` leaves out ``euler`` and ``visibility``
+    (None): for a caller that replaces the rotation anyway (the landmark stage's smoothing recomputes
+    both from the smoothed rotation)."""
     Minv = invert_affine(M)
     R, t = pose_from_crop(out["rotation"].astype(np.float64), out["translation"].astype(np.float64), Minv, K0,
                           invert_affine(K), K[:, 0, 0])
@@ -74,10 +76,10 @@ def uncrop(out: dict[str, np.ndarray], M: np.ndarray, K0: np.ndarray, K: np.ndar
         "landmarks_3d": (canonical @ np.swapaxes(R, 1, 2) + t[:, None]).astype(np.float32),
         "landmarks_canonical": out["landmarks_3d"].astype(np.float32),
         "rotation": R32,
-        "euler": euler_from_rotation(R).astype(np.float32),
+        "euler": euler_from_rotation(R).astype(np.float32) if angles else None,
         "translation": t.astype(np.float32),
         "confidence": np.clip(out["confidence"], 0.0, 1.0).astype(np.float32),
-        "visibility": visibility_mask(R32, normals, _VISIBLE_THRESHOLDS),
+        "visibility": visibility_mask(R32, normals, _VISIBLE_THRESHOLDS) if angles else None,
     }
 
 
@@ -86,7 +88,7 @@ def write_faces(faces: Sequence[Face], arrays: dict[str, np.ndarray]) -> None:
     for name in OUTPUT_FIELDS:
         column = arrays[name]
         for i, face in enumerate(faces):
-            setattr(face, name, column[i])
+            setattr(face, name, None if column is None else column[i])
 
 
 @dataclass
@@ -240,11 +242,13 @@ class LandmarkModel:
         x += self._shift
         return self.backend.infer(x)
 
-    def run(self, images: Sequence[np.ndarray], image_index: Sequence[int], M: np.ndarray, K: np.ndarray
-            ) -> dict[str, np.ndarray]:
-        """:meth:`infer` + :func:`uncrop`: image-space :data:`OUTPUT_FIELDS` for every face (``K``: (N, 3, 3))."""
+    def run(self, images: Sequence[np.ndarray], image_index: Sequence[int], M: np.ndarray, K: np.ndarray,
+            angles: bool = True) -> dict[str, np.ndarray]:
+        """:meth:`infer` + :func:`uncrop`: image-space :data:`OUTPUT_FIELDS` for every face (``K``: (N, 3, 3);
+        ``angles``: see :func:`uncrop`)."""
         M = np.asarray(M, np.float64)
-        return uncrop(self.infer(images, image_index, M), M, self.K0, np.asarray(K, np.float64), self.normals)
+        return uncrop(self.infer(images, image_index, M), M, self.K0, np.asarray(K, np.float64), self.normals,
+                      angles)
 
     # ------------------------------------------------------------ one image
 

@@ -235,8 +235,11 @@ class LandmarkStage(Stage):
             index.setdefault(id(frame.image), len(images))
             if len(index) > len(images):
                 images.append(frame.image)
+        # with tracking and smoothing, every face gets a track and the smoother recomputes euler and
+        # visibility from the smoothed rotation: the raw ones would be thrown away
+        smoothed = self.options.tracking and self.options.smoothing
         out = self.model.run(images, [index[id(f.image)] for f, _ in flat], np.stack([job.M for _, job in flat]),
-                             np.stack(Ks))
+                             np.stack(Ks), angles=not smoothed)
         write_faces([job.face for _, job in flat], out)
 
     def _finish(self, frame: Frame, jobs: list[_Job]) -> None:

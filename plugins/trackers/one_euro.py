@@ -167,22 +167,26 @@ class FaceSmoother:
         self.apply_all([face], t)
         return face
 
-    def apply_all(self, faces: list[Face], t: float) -> list[Face]:
-        """Smooth every face of one frame (at time ``t``, seconds) in place, vectorised over the faces."""
+    def apply_all(self, faces: list[Face], t: float, normals: np.ndarray | None = None) -> list[Face]:
+        """Smooth every face of one frame (at time ``t``, seconds) in place, vectorised over the faces.
+        Given the bundle's ``normals``, also the smoothed faces' ``landmarks_canonical`` (the canonical
+        shape follows the smoothed 3D points: ``landmarks_3d = R @ L + t``) and occlusion mask."""
         rows = [face for face in faces if face.track_id is not None]
         if not rows:
             return faces
         n, t = len(rows), float(t)
         states = [self._tracks.get(face.track_id) for face in rows]
         x = np.zeros((n, _STATE_SIZE))
+        complete = True
         for i, (face, st) in enumerate(zip(rows, states)):
             for part, name in _FIELDS:
                 value = getattr(face, name)
                 if value is not None:
                     x[i, part] = value.reshape(-1)
-                elif st is not None:  # a field this face lacks keeps its state (zero speed)
-                    x[i, part] = st.x[part]
-        size_3d = np.array([DEFAULT_FACE_SIZE_CM if face.landmarks_3d is None else np.nan for face in rows])
+                else:
+                    complete = False
+                    if st is not None:  # a field this face lacks keeps its state (zero speed)
+                        x[i, part] = st.x[part]
         steady = [i for i, st in enumerate(states) if st is not None and t > st.t]
         out = x.copy()
         for i, (face, st) in enumerate(zip(rows, states)):
@@ -191,33 +195,45 @@ class FaceSmoother:
             elif t == st.t:  # no time has passed: the previous output
                 out[i] = st.x
         if steady:
-            out[steady] = self._step([states[i] for i in steady], x[steady], t, size_3d[steady])
+            size_3d = None if complete else np.array(
+                [DEFAULT_FACE_SIZE_CM if rows[i].landmarks_3d is None else np.nan for i in steady])
+            out[steady] = self._step([states[i] for i in steady], x[steady], t, size_3d)
         rotation = orthonormalize(out[:, _ROT].reshape(n, 3, 3))
         euler = euler_from_rotation(rotation).astype(np.float32)
         out32, rotation32 = out.astype(np.float32), rotation.astype(np.float32)
+        canonical = visibility = None
+        if normals is not None and complete:
+            lm3 = out[:, _LM3].reshape(n, -1, 3)
+            canonical = ((lm3 - out[:, None, _TRANS]) @ rotation).astype(np.float32)
+            visibility = visibility_mask(rotation32, normals, _VISIBLE_THRESHOLDS)
         for i, face in enumerate(rows):
             for part, name in _FIELDS[:3]:
                 if getattr(face, name) is not None:
                     setattr(face, name, out32[i, part].reshape(getattr(face, name).shape))
             if face.rotation is not None:
                 face.rotation, face.euler = rotation32[i], euler[i]
+            if canonical is not None:
+                face.landmarks_canonical, face.visibility = canonical[i], visibility[i]
         return faces
 
-    def _step(self, states: list[_TrackState], x: np.ndarray, t: float, size_3d: np.ndarray) -> np.ndarray:
+    def _step(self, states: list[_TrackState], x: np.ndarray, t: float, size_3d: np.ndarray | None) -> np.ndarray:
         """The One-Euro step of ``states`` on samples ``x`` (n, 352) at time ``t``; updates the states.
         Speeds are in face sizes per second: the 2D landmarks' box for 2D, the 3D landmarks' (x, y)
-        box (``size_3d`` where given, NaN elsewhere) for 3D landmarks and translation; rotation entries
-        are unitless."""
+        box for 3D landmarks and translation (``size_3d`` where it is not NaN, when given); rotation
+        entries are unitless."""
         n = len(states)
         xp = np.stack([st.x for st in states])
         dxp = np.stack([st.dx for st in states])
         dt = (t - np.array([st.t for st in states]))[:, None]
         lm2, lm3 = x[:, _LM2].reshape(n, -1, 2), x[:, _LM3].reshape(n, -1, 3)[..., :2]
+        extent_2d = (lm2.max(axis=1) - lm2.min(axis=1)).max(axis=-1)
+        extent_3d = (lm3.max(axis=1) - lm3.min(axis=1)).max(axis=-1)
+        if size_3d is not None:
+            extent_3d = np.where(np.isnan(size_3d), extent_3d, size_3d)
         scale = np.ones((n, _STATE_SIZE))
-        scale[:, _LM2] = np.maximum(np.ptp(lm2, axis=1).max(axis=-1), 1.0)[:, None]
-        size_3d = np.where(np.isnan(size_3d), np.ptp(lm3, axis=1).max(axis=-1), size_3d)
-        scale[:, _LM3.start:_TRANS.stop] = np.maximum(size_3d, 1.0)[:, None]
-        speed = (x - xp) / dt / scale
+        scale[:, _LM2] = np.maximum(extent_2d, 1.0)[:, None]
+        scale[:, _LM3.start:_TRANS.stop] = np.maximum(extent_3d, 1.0)[:, None]
+        speed = (x - xp) / (dt * scale)
         dx = dxp + _alpha(self._d_cutoff, dt) * (speed - dxp)
         out = xp + _alpha(self._min_cutoff + self._beta * np.abs(dx), dt) * (x - xp)
         for i, st in enumerate(states):
@@ -226,17 +242,9 @@ class FaceSmoother:
 
     def update(self, faces: list[Face], t: float, live_ids: Iterable[int], normals: np.ndarray | None = None
                ) -> list[Face]:
-        """One frame: smooth ``faces`` (:meth:`apply_all`), keep ``landmarks_3d = R @ L + t`` (the canonical
-        shape follows the smoothed 3D points) and, given the bundle's ``normals``, the occlusion mask of the
-        smoothed rotation; then free the state of tracks not in ``live_ids``."""
-        self.apply_all(faces, t)
-        if faces and normals is not None:
-            R = np.stack([f.rotation for f in faces])
-            tr = np.stack([f.translation for f in faces])
-            canonical = ((np.stack([f.landmarks_3d for f in faces]) - tr[:, None]) @ R).astype(np.float32)
-            visibility = visibility_mask(R, normals, _VISIBLE_THRESHOLDS)
-            for i, face in enumerate(faces):
-                face.landmarks_canonical, face.visibility = canonical[i], visibility[i]
+        """One frame: smooth ``faces`` (:meth:`apply_all`, with ``normals`` for the canonical shape and the
+        occlusion mask of the smoothed pose); then free the state of tracks not in ``live_ids``."""
+        self.apply_all(faces, t, normals)
         self.retain(live_ids)
         return faces
 
