@@ -36,6 +36,7 @@ from pathlib import Path
 import numpy as np
 
 import plugins.landmarks.model as model_module
+import plugins.landmarks.stage as stage_module
 from engine.assets import shared_asset
 from engine.bundle import Bundle
 from plugins.detectors.centerface import CenterFaceDetector
@@ -108,10 +109,11 @@ def run_stage(frames: list, threads: int | None, bundle: str | None = None
     timers.wrap(model_module, "crop_face", "crop")
     timers.wrap(Bundle, "preprocess", "preprocess")  # before the fused preprocess
     timers.wrap(stage.backend, "infer", "model")
-    timers.wrap(model_module, "uncrop", "un-crop + pose")
+    timers.wrap(stage_module, "uncrop_2d", "un-crop + pose")  # the stage's names (it imports them)
+    timers.wrap(stage_module, "uncrop_pose", "un-crop + pose")
     for name in ("update", "refresh", "predict", "mark_lost"):
         timers.wrap(IoUTracker, name, "tracker")
-    for name in ("apply_all", "apply"):
+    for name in ("update_frames", "apply_all", "apply"):
         timers.wrap(FaceSmoother, name, "smoothing")
     rest = frames[BATCH:]
     t0 = time.perf_counter()

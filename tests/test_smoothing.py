@@ -187,3 +187,32 @@ def test_apply_all_equals_apply_face_by_face():
         for a, b in zip(copies, faces):
             for name in ("landmarks_2d", "landmarks_3d", "translation", "rotation", "euler"):
                 np.testing.assert_allclose(getattr(b, name), getattr(a, name), rtol=1e-5, atol=1e-4, err_msg=name)
+
+
+def test_update_frames_equals_update_frame_by_frame():
+    # the landmark stage smooths a batch of frames in one call: the same results as one update per frame,
+    # including a track that ends mid-batch (its state is freed before the frames after it)
+    rng = np.random.default_rng(7)
+    normals = rng.normal(size=(68, 3))
+    normals /= np.linalg.norm(normals, axis=1, keepdims=True)
+
+    def make(tid: int, k: int) -> Face:
+        return Face(box=np.zeros(4, np.float32), score=1.0, keypoints=np.zeros((5, 2), np.float32), track_id=tid,
+                    landmarks_2d=(rng.normal(0, 30, (68, 2)) + 200 + 3 * k).astype(np.float32),
+                    landmarks_3d=(rng.normal(0, 5, (68, 3)) + [0, 0, 60]).astype(np.float32),
+                    translation=np.array([1, 2, 60 + k], np.float32),
+                    rotation=rotation_from_euler(*rng.normal(0, 10, 3)).astype(np.float32))
+
+    frames = [[make(1, k), make(2, k)] if k < 3 else [make(1, k)] for k in range(6)]
+    lives = [{1, 2} if k < 3 else {1} for k in range(6)]
+    one, many = FaceSmoother(), FaceSmoother()
+    copies = copy.deepcopy(frames)
+    for k, faces in enumerate(copies):
+        one.update(faces, k / FPS, lives[k], normals)
+    many.update_frames([(faces, k / FPS, lives[k]) for k, faces in enumerate(frames)], normals)
+    for a_faces, b_faces in zip(copies, frames):
+        for a, b in zip(a_faces, b_faces):
+            for name in ("landmarks_2d", "landmarks_3d", "landmarks_canonical", "translation", "rotation", "euler",
+                         "visibility"):
+                np.testing.assert_allclose(getattr(b, name), getattr(a, name), rtol=1e-6, atol=1e-5, err_msg=name)
+    assert len(one) == len(many) == 1

@@ -58,34 +58,51 @@ OUTPUT_FIELDS = ("landmarks_2d", "landmarks_3d", "landmarks_canonical", "rotatio
                  "confidence", "visibility")
 
 
-def uncrop(out: dict[str, np.ndarray], M: np.ndarray, K0: np.ndarray, K: np.ndarray, normals: np.ndarray,
-           angles: bool = True) -> dict[str, np.ndarray]:
-    """Model outputs in the crop camera (row i = face i) -> image coordinates (camera ``K``), vectorised.
+# what tracking needs right after the model call; the rest (3D, pose, angles) can follow later
+TRACKING_FIELDS = ("landmarks_2d", "confidence")
+POSE_FIELDS = tuple(name for name in OUTPUT_FIELDS if name not in TRACKING_FIELDS)
 
-    ``M``, ``K``: (N, 3, 3) image -> crop affines and frame cameras. Returns the :data:`OUTPUT_FIELDS`
-    as float32 arrays (``visibility`` bool). ``angles = False`` leaves out ``euler`` and ``visibility``
-    (None): for a caller that replaces the rotation anyway (the landmark stage's smoothing recomputes
-    both from the smoothed rotation)."""
-    Minv = invert_affine(M)
-    R, t = pose_from_crop(out["rotation"].astype(np.float64), out["translation"].astype(np.float64), Minv, K0,
-                          invert_affine(K), K[:, 0, 0])
-    canonical = out["landmarks_3d"].astype(np.float64)
-    R32 = R.astype(np.float32)
+
+def uncrop_2d(out: dict[str, np.ndarray], Minv: np.ndarray) -> dict[str, np.ndarray]:
+    """:data:`TRACKING_FIELDS` in the image from model outputs and the crop -> image affines ``Minv`` (N, 3, 3)."""
     return {
         "landmarks_2d": (out["landmarks_2d"] @ np.swapaxes(Minv[:, :2, :2], 1, 2) + Minv[:, None, :2, 2]).astype(np.float32),
-        "landmarks_3d": (canonical @ np.swapaxes(R, 1, 2) + t[:, None]).astype(np.float32),
+        "confidence": np.clip(out["confidence"], 0.0, 1.0).astype(np.float32),
+    }
+
+
+def uncrop_pose(out: dict[str, np.ndarray], Minv: np.ndarray, K0: np.ndarray, K: np.ndarray, normals: np.ndarray,
+                angles: bool = True) -> dict[str, np.ndarray]:
+    """:data:`POSE_FIELDS` in the image camera ``K`` (N, 3, 3) from model outputs and ``Minv``. ``angles =
+    False`` leaves out ``euler`` and ``visibility`` (None): for a caller that replaces the rotation anyway
+    (the landmark stage's smoothing recomputes both from the smoothed rotation)."""
+    R, t = pose_from_crop(out["rotation"].astype(np.float64), out["translation"].astype(np.float64), Minv, K0,
+                          invert_affine(K), K[:, 0, 0])
+    R32 = R.astype(np.float32)
+    return {
+        "landmarks_3d": (out["landmarks_3d"].astype(np.float64) @ np.swapaxes(R, 1, 2) + t[:, None]).astype(np.float32),
         "landmarks_canonical": out["landmarks_3d"].astype(np.float32),
         "rotation": R32,
         "euler": euler_from_rotation(R).astype(np.float32) if angles else None,
         "translation": t.astype(np.float32),
-        "confidence": np.clip(out["confidence"], 0.0, 1.0).astype(np.float32),
         "visibility": visibility_mask(R32, normals, _VISIBLE_THRESHOLDS) if angles else None,
     }
 
 
+def uncrop(out: dict[str, np.ndarray], M: np.ndarray, K0: np.ndarray, K: np.ndarray, normals: np.ndarray,
+           angles: bool = True) -> dict[str, np.ndarray]:
+    """Model outputs in the crop camera (row i = face i) -> image coordinates (camera ``K``), vectorised:
+    :func:`uncrop_2d` and :func:`uncrop_pose`. ``M``, ``K``: (N, 3, 3) image -> crop affines and frame
+    cameras. Returns the :data:`OUTPUT_FIELDS` as float32 arrays (``visibility`` bool)."""
+    Minv = invert_affine(M)
+    return {**uncrop_2d(out, Minv), **uncrop_pose(out, Minv, K0, K, normals, angles)}
+
+
 def write_faces(faces: Sequence[Face], arrays: dict[str, np.ndarray]) -> None:
-    """Row i of each of ``arrays`` (:data:`OUTPUT_FIELDS`) into ``faces[i]``."""
+    """Row i of each of ``arrays`` (:data:`OUTPUT_FIELDS`, or some of them) into ``faces[i]``."""
     for name in OUTPUT_FIELDS:
+        if name not in arrays:
+            continue
         column = arrays[name]
         for i, face in enumerate(faces):
             setattr(face, name, None if column is None else column[i])

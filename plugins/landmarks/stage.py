@@ -15,8 +15,13 @@ the stream's live tracks, cropped from their last landmarks; a track whose mean 
 but keeps its track. Because frame k+1 may then crop from frame k's result, a batch is run in
 waves (wave i = the i-th frame of every stream, so faces still batch across streams); without such a
 dependency (``crop_from = "box"`` on detected frames) the whole batch is one wave. Smoothing
-(``smoothing = true``): causal One-Euro per track (``FaceSmoother.update``), off by default so
+(``smoothing = true``): causal One-Euro per track (``FaceSmoother.update_frames``), off by default so
 dataset jobs get raw per-frame estimates.
+
+Between waves only what tracks the next frame is computed (image landmarks and confidence:
+``uncrop_2d``, the tracker); the 3D landmarks, pose and angles of the whole batch (``uncrop_pose``) and
+the smoothing follow in one vectorised step each at the end of the batch, so a tracked stream's per-frame
+Python work is a few array operations rather than a hundred (benchmarks/bench_stage.py).
 """
 
 from __future__ import annotations
@@ -31,7 +36,7 @@ import numpy as np
 from pydantic import Field
 
 from engine.bundle import Bundle
-from engine.crop import crop_face, crop_matrix, roi_from_box
+from engine.crop import crop_face, crop_matrix, invert_affine, roi_from_box
 from engine.frame import Face, Frame
 from engine.geometry import image_intrinsics, pose_to_image
 from engine.landmarks68 import keypoints_from_landmarks
@@ -40,6 +45,8 @@ from plugins.landmarks.model import (
     BundleMissingError,
     LandmarkModel,
     missing_bundle_message,
+    uncrop_2d,
+    uncrop_pose,
     write_faces,
 )
 from plugins.trackers.face_tracker import FaceTracker, roi_from_track
@@ -183,11 +190,15 @@ class LandmarkStage(Stage):
             groups = [waves[i] for i in sorted(waves)]
         else:
             groups = [frames]
+        pending = _Pending()
+        tracked: list[tuple[Frame, _StreamState | None, set[int]]] = []
         for wave in groups:
             jobs = [self._plan(frame) for frame in wave]
-            self._infer(wave, jobs)
+            self._infer(wave, jobs, pending)
             for frame, frame_jobs in zip(wave, jobs):
-                self._finish(frame, frame_jobs)
+                tracked.append(self._track(frame, frame_jobs))
+        self._pose(pending)
+        self._smooth(tracked)
         return frames
 
     def _plan(self, frame: Frame) -> list[_Job]:
@@ -219,8 +230,9 @@ class LandmarkStage(Stage):
                 self.context.redetect.request(frame.stream_id)
         return jobs
 
-    def _infer(self, wave: list[Frame], jobs: list[list[_Job]]) -> None:
-        """Every face of the wave in one :meth:`LandmarkModel.run` call; results into the faces."""
+    def _infer(self, wave: list[Frame], jobs: list[list[_Job]], pending: _Pending) -> None:
+        """Every face of the wave in one model call. What tracking the next frame needs (image landmarks,
+        confidence) goes into the faces now; the raw outputs wait in ``pending`` for :meth:`_pose`."""
         Ks = []
         for frame, frame_jobs in zip(wave, jobs):
             K = frame.meta["camera_matrix"] = image_intrinsics(*frame.size, self.options.focal_px)
@@ -235,23 +247,65 @@ class LandmarkStage(Stage):
             index.setdefault(id(frame.image), len(images))
             if len(index) > len(images):
                 images.append(frame.image)
+        M = np.stack([job.M for _, job in flat])
+        out = self.model.infer(images, [index[id(f.image)] for f, _ in flat], M)
+        Minv = invert_affine(M)
+        faces = [job.face for _, job in flat]
+        write_faces(faces, uncrop_2d(out, Minv))
+        pending.add(faces, out, Minv, np.stack(Ks))
+
+    def _pose(self, pending: _Pending) -> None:
+        """3D landmarks, pose and angles of every face of the batch in one vectorised step (nothing in the
+        tracking of the next frame needs them)."""
+        if not pending.faces:
+            return
         # with tracking and smoothing, every face gets a track and the smoother recomputes euler and
         # visibility from the smoothed rotation: the raw ones would be thrown away
         smoothed = self.options.tracking and self.options.smoothing
-        out = self.model.run(images, [index[id(f.image)] for f, _ in flat], np.stack([job.M for _, job in flat]),
-                             np.stack(Ks), angles=not smoothed)
-        write_faces([job.face for _, job in flat], out)
+        out, Minv, K = pending.arrays()
+        write_faces(pending.faces, uncrop_pose(out, Minv, self.model.K0, K, self._normals, angles=not smoothed))
 
-    def _finish(self, frame: Frame, jobs: list[_Job]) -> None:
-        """Tracking and smoothing of one frame whose faces are filled."""
-        if self.options.tracking:
-            st = self.state(frame.stream_id)
-            if not frame.meta.get("detected", True):
-                frame.faces = [job.face for job in jobs]  # the faces followed from the tracks
-            if st.tracker.update(frame):
-                self.context.redetect.request(frame.stream_id)
-            if st.smoother is not None:
-                st.smoother.update(frame.faces, frame_timestamp(frame), st.tracker.live_ids, self._normals)
-            if frame.meta.get("end_of_stream"):
-                self.streams.pop(frame.stream_id, None)  # long runs over many files keep no stale state
-        frame.meta["landmarks_time"] = time.time()
+    def _track(self, frame: Frame, jobs: list[_Job]) -> tuple[Frame, _StreamState | None, set[int]]:
+        """Tracking of one frame whose faces have image landmarks and confidence; returns what
+        :meth:`_smooth` needs once the batch's poses are in (the stream's state, its live track ids)."""
+        if not self.options.tracking:
+            return frame, None, set()
+        st = self.state(frame.stream_id)
+        if not frame.meta.get("detected", True):
+            frame.faces = [job.face for job in jobs]  # the faces followed from the tracks
+        if st.tracker.update(frame):
+            self.context.redetect.request(frame.stream_id)
+        if frame.meta.get("end_of_stream"):
+            self.streams.pop(frame.stream_id, None)  # long runs over many files keep no stale state
+        return frame, st, set(st.tracker.live_ids)
+
+    def _smooth(self, tracked: list[tuple[Frame, _StreamState | None, set[int]]]) -> None:
+        """Smoothing of the batch's frames, one :meth:`FaceSmoother.update_frames` per stream (in time order)."""
+        per_stream: dict[int, tuple[_StreamState, list]] = {}
+        for frame, st, live_ids in tracked:
+            if st is not None and st.smoother is not None:
+                per_stream.setdefault(id(st), (st, []))[1].append((frame.faces, frame_timestamp(frame), live_ids))
+        for st, items in per_stream.values():
+            st.smoother.update_frames(items, self._normals)
+        now = time.time()
+        for frame, _, _ in tracked:
+            frame.meta["landmarks_time"] = now
+
+
+class _Pending:
+    """Raw model outputs of a batch's waves, kept for one :func:`uncrop_pose` call over all of them."""
+
+    def __init__(self) -> None:
+        self.faces: list[Face] = []
+        self._parts: list[tuple[dict[str, np.ndarray], np.ndarray, np.ndarray]] = []
+
+    def add(self, faces: list[Face], out: dict[str, np.ndarray], Minv: np.ndarray, K: np.ndarray) -> None:
+        self.faces += faces
+        self._parts.append((out, Minv, K))
+
+    def arrays(self) -> tuple[dict[str, np.ndarray], np.ndarray, np.ndarray]:
+        if len(self._parts) == 1:
+            return self._parts[0]
+        outs, Minvs, Ks = zip(*self._parts)
+        keys = ("rotation", "translation", "landmarks_3d")
+        return ({k: np.concatenate([o[k] for o in outs]) for k in keys}, np.concatenate(Minvs), np.concatenate(Ks))

@@ -17,7 +17,7 @@ go through one vectorised filter step (:meth:`FaceSmoother.apply_all`).
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -171,9 +171,13 @@ class FaceSmoother:
         """Smooth every face of one frame (at time ``t``, seconds) in place, vectorised over the faces.
         Given the bundle's ``normals``, also the smoothed faces' ``landmarks_canonical`` (the canonical
         shape follows the smoothed 3D points: ``landmarks_3d = R @ L + t``) and occlusion mask."""
+        self._write([self._filter(faces, t)], normals)
+        return faces
+
+    def _filter(self, faces: list[Face], t: float) -> tuple[list[Face], np.ndarray, bool]:
+        """The filter step of one frame's tracked faces (updates the track states); returns (those faces,
+        their smoothed (n, 352) state vectors, whether every face had every field)."""
         rows = [face for face in faces if face.track_id is not None]
-        if not rows:
-            return faces
         n, t = len(rows), float(t)
         states = [self._tracks.get(face.track_id) for face in rows]
         x = np.zeros((n, _STATE_SIZE))
@@ -198,6 +202,18 @@ class FaceSmoother:
             size_3d = None if complete else np.array(
                 [DEFAULT_FACE_SIZE_CM if rows[i].landmarks_3d is None else np.nan for i in steady])
             out[steady] = self._step([states[i] for i in steady], x[steady], t, size_3d)
+        return rows, out, complete
+
+    @staticmethod
+    def _write(filtered: list[tuple[list[Face], np.ndarray, bool]], normals: np.ndarray | None) -> None:
+        """Smoothed state vectors (of one or many frames) into their faces: rotation projected back onto
+        SO(3), euler, and with ``normals`` the canonical shape and occlusion mask, in one vectorised step."""
+        rows = [face for faces, _, _ in filtered for face in faces]
+        if not rows:
+            return
+        n = len(rows)
+        out = np.concatenate([o for _, o, _ in filtered]) if len(filtered) > 1 else filtered[0][1]
+        complete = all(c for _, _, c in filtered)
         rotation = orthonormalize(out[:, _ROT].reshape(n, 3, 3))
         euler = euler_from_rotation(rotation).astype(np.float32)
         out32, rotation32 = out.astype(np.float32), rotation.astype(np.float32)
@@ -214,7 +230,6 @@ class FaceSmoother:
                 face.rotation, face.euler = rotation32[i], euler[i]
             if canonical is not None:
                 face.landmarks_canonical, face.visibility = canonical[i], visibility[i]
-        return faces
 
     def _step(self, states: list[_TrackState], x: np.ndarray, t: float, size_3d: np.ndarray | None) -> np.ndarray:
         """The One-Euro step of ``states`` on samples ``x`` (n, 352) at time ``t``; updates the states.
@@ -244,9 +259,19 @@ class FaceSmoother:
                ) -> list[Face]:
         """One frame: smooth ``faces`` (:meth:`apply_all`, with ``normals`` for the canonical shape and the
         occlusion mask of the smoothed pose); then free the state of tracks not in ``live_ids``."""
-        self.apply_all(faces, t, normals)
-        self.retain(live_ids)
+        self.update_frames([(faces, t, live_ids)], normals)
         return faces
+
+    def update_frames(self, frames: Sequence[tuple[list[Face], float, Iterable[int]]],
+                      normals: np.ndarray | None = None) -> None:
+        """:meth:`update` of several frames of the stream in time order, ``(faces, t, live_ids)`` each: the
+        filter steps one frame after the other, the rest (rotation projection, angles, canonical shape,
+        occlusion) once for all of them. The landmark stage smooths a batch of frames this way."""
+        filtered = []
+        for faces, t, live_ids in frames:
+            filtered.append(self._filter(faces, t))
+            self.retain(live_ids)
+        self._write(filtered, normals)
 
     def forget(self, track_id: int) -> None:
         """Drop one track's state (its id will not come back; a new id starts fresh anyway)."""
