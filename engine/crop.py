@@ -130,7 +130,11 @@ def warp_crop(image: np.ndarray, M: np.ndarray, size: int, fill: int = 0, out: n
     """
     if image.ndim != 3 or image.dtype != np.uint8:
         raise ValueError(f"warp_crop expects an HxWxC uint8 image, got {image.shape} {image.dtype}")
-    Minv = invert_affine(M)
+    return _warp(image, invert_affine(M), size, fill, out)
+
+
+def _warp(image: np.ndarray, Minv: np.ndarray, size: int, fill: int = 0, out: np.ndarray | None = None) -> np.ndarray:
+    """:func:`warp_crop` given the crop -> image affine ``Minv``."""
     factor = box_factor(Minv)
     src = image
     if factor > 1:  # integer box-downscale, then adjust the mapping to the smaller image
@@ -162,10 +166,12 @@ def crop_face(image: np.ndarray, M: np.ndarray, size: int, out: np.ndarray | Non
     image it gets; slicing the region first (its start aligned to the filter's block grid, so the
     blocks are the same) gives the identical crop. ``out``: optional (size, size, 3) uint8 to fill.
     """
+    if image.ndim != 3 or image.dtype != np.uint8:
+        raise ValueError(f"crop_face expects an HxWxC uint8 image, got {image.shape} {image.dtype}")
     Minv = invert_affine(M)
     block = box_factor(Minv)
     if block == 1:
-        return warp_crop(image, M, size, out=out)
+        return _warp(image, Minv, size, out=out)
     corners = np.array([[-0.5, -0.5], [size - 0.5, -0.5], [-0.5, size - 0.5], [size - 0.5, size - 0.5]])
     pts = transform_points(Minv, corners)
     margin = 2 * block + 2  # bilinear taps of the (downscaled) source
@@ -179,5 +185,7 @@ def crop_face(image: np.ndarray, M: np.ndarray, size: int, out: np.ndarray | Non
             return np.zeros((size, size, image.shape[2]), np.uint8)
         out.fill(0)
         return out
-    shifted = M @ np.array([[1.0, 0.0, x0], [0.0, 1.0, y0], [0.0, 0.0, 1.0]])
-    return warp_crop(image[y0:y1, x0:x1], shifted, size, out=out)
+    shifted = Minv.copy()  # crop -> region: the image affine moved by the region's origin
+    shifted[0, 2] -= x0
+    shifted[1, 2] -= y0
+    return _warp(image[y0:y1, x0:x1], shifted, size, out=out)

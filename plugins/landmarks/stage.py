@@ -118,6 +118,7 @@ class LandmarkStage(Stage):
         self.model: LandmarkModel | None = None
         self.streams: dict[str, _StreamState] = {}
         self.batch_sizes: deque[int] = deque(maxlen=1000)  # faces per backend call (recent), for tests
+        self._cameras: dict[tuple[int, int], np.ndarray] = {}  # frame size -> assumed camera matrix
 
     @property
     def bundle(self) -> Bundle | None:
@@ -235,7 +236,7 @@ class LandmarkStage(Stage):
         confidence) goes into the faces now; the raw outputs wait in ``pending`` for :meth:`_pose`."""
         Ks = []
         for frame, frame_jobs in zip(wave, jobs):
-            K = frame.meta["camera_matrix"] = image_intrinsics(*frame.size, self.options.focal_px)
+            K = frame.meta["camera_matrix"] = self._camera(frame.size)
             Ks += [K] * len(frame_jobs)
         flat = [(frame, job) for frame, frame_jobs in zip(wave, jobs) for job in frame_jobs]
         if not flat:
@@ -253,6 +254,14 @@ class LandmarkStage(Stage):
         faces = [job.face for _, job in flat]
         write_faces(faces, uncrop_2d(out, Minv))
         pending.add(faces, out, Minv, np.stack(Ks))
+
+    def _camera(self, size: tuple[int, int]) -> np.ndarray:
+        """The assumed (3, 3) camera of a frame size (one read-only array per size, shared by its frames)."""
+        K = self._cameras.get(size)
+        if K is None:
+            K = self._cameras[size] = image_intrinsics(*size, self.options.focal_px)
+            K.flags.writeable = False
+        return K
 
     def _pose(self, pending: _Pending) -> None:
         """3D landmarks, pose and angles of every face of the batch in one vectorised step (nothing in the

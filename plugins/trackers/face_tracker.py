@@ -82,6 +82,7 @@ class FaceTracker:
         ``detected``: override ``frame.meta["detected"]`` (the ``tracker`` stage treats every frame as detected)."""
         detected = frame.meta.get("detected", True) if detected is None else detected
         tracker, redetect = self.tracker, False
+        mean_conf = {id(f): float(f.confidence.mean()) for f in frame.faces if f.confidence is not None}
         if detected:
             faces = frame.faces
             ids = tracker.update(np.array([f.box for f in faces], np.float32).reshape(-1, 4),
@@ -93,7 +94,7 @@ class FaceTracker:
         else:
             kept = []
             for face in frame.faces:
-                if float(np.mean(face.confidence)) < self.lost_confidence:
+                if mean_conf[id(face)] < self.lost_confidence:
                     tracker.mark_lost(face.track_id)
                     redetect = True
                 else:
@@ -106,19 +107,19 @@ class FaceTracker:
                 face.keypoints = keypoints_from_landmarks(face.landmarks_2d)
             frame.faces = kept
             redetect = redetect or not kept
-        redetect = self._watch_confidence(frame.faces, detected) or redetect
+        redetect = self._watch_confidence(frame.faces, detected, mean_conf) or redetect
         self.live_ids = {t.track_id for t in live}
         self.scores = {k: v for k, v in self.scores.items() if k in self.live_ids}
         self.confidence = {k: v for k, v in self.confidence.items() if k in self.live_ids}
         self.last_index = frame.index
         return redetect
 
-    def _watch_confidence(self, faces: list[Face], detected: bool) -> bool:
+    def _watch_confidence(self, faces: list[Face], detected: bool, mean_conf: dict[int, float]) -> bool:
         drop, dipped = self.redetect_drop, False
         for face in faces:
             if face.track_id is None or face.confidence is None:
                 continue
-            c = float(np.mean(face.confidence))
+            c = mean_conf[id(face)]
             mean = self.confidence.get(face.track_id)
             if mean is not None and c < drop * mean and not detected:
                 dipped = True
