@@ -20,4 +20,5 @@ def box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 def landmark_box(landmarks) -> np.ndarray:
     """(..., K, 2) points -> (..., 4) their tight x1y1x2y2 bounding box (float64)."""
     p = np.asarray(landmarks, np.float64)
-    return np.concatenate([p.min(axis=-2), p.max(axis=-2)], axis=-1)
+    # ufunc reductions directly (a per-frame path: ndarray.min/max add a wrapper call each)
+    return np.concatenate([np.minimum.reduce(p, axis=-2), np.maximum.reduce(p, axis=-2)], axis=-1)

@@ -54,10 +54,11 @@ def roi_from_box(box, scale: float = BOX_SCALE, shift: float = BOX_SHIFT) -> np.
 def roi_from_landmarks(landmarks, scale: float = LANDMARK_SCALE) -> np.ndarray:
     """(..., 68, 2) landmarks in image pixels -> (..., 4) square roi(s) around their bounding box."""
     p = np.asarray(landmarks, dtype=np.float64)
-    lo, hi = p.min(axis=-2), p.max(axis=-2)
+    # ufunc reductions directly (a per-frame path: ndarray.min/max add a wrapper call each)
+    lo, hi = np.minimum.reduce(p, axis=-2), np.maximum.reduce(p, axis=-2)
+    half = scale * np.maximum.reduce(hi - lo, axis=-1)[..., None] / 2.0
     centre = (lo + hi) / 2.0
-    side = scale * np.max(hi - lo, axis=-1)
-    return _square(centre[..., 0], centre[..., 1], side)
+    return np.concatenate([centre - half, centre + half], axis=-1)
 
 
 def _square(cx, cy, side) -> np.ndarray:

@@ -82,7 +82,9 @@ class FaceTracker:
         ``detected``: override ``frame.meta["detected"]`` (the ``tracker`` stage treats every frame as detected)."""
         detected = frame.meta.get("detected", True) if detected is None else detected
         tracker, redetect = self.tracker, False
-        mean_conf = {id(f): float(f.confidence.mean()) for f in frame.faces if f.confidence is not None}
+        # each face's mean landmark confidence, once (np.add.reduce: ndarray.mean's wrapper costs more)
+        mean_conf = {id(f): float(np.add.reduce(f.confidence, axis=None)) / f.confidence.size
+                     for f in frame.faces if f.confidence is not None}
         if detected:
             faces = frame.faces
             ids = tracker.update(np.array([f.box for f in faces], np.float32).reshape(-1, 4),

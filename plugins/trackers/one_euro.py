@@ -241,8 +241,9 @@ class FaceSmoother:
         dxp = np.stack([st.dx for st in states])
         dt = (t - np.array([st.t for st in states]))[:, None]
         lm2, lm3 = x[:, _LM2].reshape(n, -1, 2), x[:, _LM3].reshape(n, -1, 3)[..., :2]
-        extent_2d = (lm2.max(axis=1) - lm2.min(axis=1)).max(axis=-1)
-        extent_3d = (lm3.max(axis=1) - lm3.min(axis=1)).max(axis=-1)
+        big, small = np.maximum.reduce, np.minimum.reduce  # ufuncs directly: a per-frame path
+        extent_2d = big(big(lm2, axis=1) - small(lm2, axis=1), axis=-1)
+        extent_3d = big(big(lm3, axis=1) - small(lm3, axis=1), axis=-1)
         if size_3d is not None:
             extent_3d = np.where(np.isnan(size_3d), extent_3d, size_3d)
         scale = np.ones((n, _STATE_SIZE))
