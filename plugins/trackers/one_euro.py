@@ -218,18 +218,21 @@ class FaceSmoother:
         euler = euler_from_rotation(rotation).astype(np.float32)
         out32, rotation32 = out.astype(np.float32), rotation.astype(np.float32)
         canonical = visibility = None
-        if normals is not None and complete:
-            lm3 = out[:, _LM3].reshape(n, -1, 3)
-            canonical = ((lm3 - out[:, None, _TRANS]) @ rotation).astype(np.float32)
+        if normals is not None:
             visibility = visibility_mask(rotation32, normals, _VISIBLE_THRESHOLDS)
+            if complete:
+                lm3 = out[:, _LM3].reshape(n, -1, 3)
+                canonical = ((lm3 - out[:, None, _TRANS]) @ rotation).astype(np.float32)
         for i, face in enumerate(rows):
             for part, name in _FIELDS[:3]:
                 if getattr(face, name) is not None:
                     setattr(face, name, out32[i, part].reshape(getattr(face, name).shape))
             if face.rotation is not None:
                 face.rotation, face.euler = rotation32[i], euler[i]
+                if visibility is not None:
+                    face.visibility = visibility[i]
             if canonical is not None:
-                face.landmarks_canonical, face.visibility = canonical[i], visibility[i]
+                face.landmarks_canonical = canonical[i]
 
     def _step(self, states: list[_TrackState], x: np.ndarray, t: float, size_3d: np.ndarray | None) -> np.ndarray:
         """The One-Euro step of ``states`` on samples ``x`` (n, 352) at time ``t``; updates the states.
