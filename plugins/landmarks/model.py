@@ -89,13 +89,13 @@ def uncrop_pose(out: dict[str, np.ndarray], Minv: np.ndarray, K0: np.ndarray, K:
     }
 
 
-def uncrop(out: dict[str, np.ndarray], M: np.ndarray, K0: np.ndarray, K: np.ndarray, normals: np.ndarray,
-           angles: bool = True) -> dict[str, np.ndarray]:
+def uncrop(out: dict[str, np.ndarray], M: np.ndarray, K0: np.ndarray, K: np.ndarray, normals: np.ndarray
+           ) -> dict[str, np.ndarray]:
     """Model outputs in the crop camera (row i = face i) -> image coordinates (camera ``K``), vectorised:
     :func:`uncrop_2d` and :func:`uncrop_pose`. ``M``, ``K``: (N, 3, 3) image -> crop affines and frame
     cameras. Returns the :data:`OUTPUT_FIELDS` as float32 arrays (``visibility`` bool)."""
     Minv = invert_affine(M)
-    return {**uncrop_2d(out, Minv), **uncrop_pose(out, Minv, K0, K, normals, angles)}
+    return {**uncrop_2d(out, Minv), **uncrop_pose(out, Minv, K0, K, normals)}
 
 
 def write_faces(faces: Sequence[Face], arrays: dict[str, np.ndarray]) -> None:
@@ -259,13 +259,11 @@ class LandmarkModel:
         x += self._shift
         return self.backend.infer(x)
 
-    def run(self, images: Sequence[np.ndarray], image_index: Sequence[int], M: np.ndarray, K: np.ndarray,
-            angles: bool = True) -> dict[str, np.ndarray]:
-        """:meth:`infer` + :func:`uncrop`: image-space :data:`OUTPUT_FIELDS` for every face (``K``: (N, 3, 3);
-        ``angles``: see :func:`uncrop`)."""
+    def run(self, images: Sequence[np.ndarray], image_index: Sequence[int], M: np.ndarray, K: np.ndarray
+            ) -> dict[str, np.ndarray]:
+        """:meth:`infer` + :func:`uncrop`: image-space :data:`OUTPUT_FIELDS` for every face (``K``: (N, 3, 3))."""
         M = np.asarray(M, np.float64)
-        return uncrop(self.infer(images, image_index, M), M, self.K0, np.asarray(K, np.float64), self.normals,
-                      angles)
+        return uncrop(self.infer(images, image_index, M), M, self.K0, np.asarray(K, np.float64), self.normals)
 
     # ------------------------------------------------------------ one image
 
