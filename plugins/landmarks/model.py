@@ -58,13 +58,9 @@ OUTPUT_FIELDS = ("landmarks_2d", "landmarks_3d", "landmarks_canonical", "rotatio
                  "confidence", "visibility")
 
 
-# what tracking needs right after the model call; the rest (3D, pose, angles) can follow later
-TRACKING_FIELDS = ("landmarks_2d", "confidence")
-POSE_FIELDS = tuple(name for name in OUTPUT_FIELDS if name not in TRACKING_FIELDS)
-
-
 def uncrop_2d(out: dict[str, np.ndarray], Minv: np.ndarray) -> dict[str, np.ndarray]:
-    """:data:`TRACKING_FIELDS` in the image from model outputs and the crop -> image affines ``Minv`` (N, 3, 3)."""
+    """``landmarks_2d`` and ``confidence`` in the image (what tracking needs right after the model call) from
+    model outputs and the crop -> image affines ``Minv`` (N, 3, 3)."""
     return {
         "landmarks_2d": (out["landmarks_2d"] @ np.swapaxes(Minv[:, :2, :2], 1, 2) + Minv[:, None, :2, 2]).astype(np.float32),
         "confidence": np.clip(out["confidence"], 0.0, 1.0).astype(np.float32),
@@ -73,7 +69,8 @@ def uncrop_2d(out: dict[str, np.ndarray], Minv: np.ndarray) -> dict[str, np.ndar
 
 def uncrop_pose(out: dict[str, np.ndarray], Minv: np.ndarray, K0: np.ndarray, K: np.ndarray, normals: np.ndarray,
                 angles: bool = True) -> dict[str, np.ndarray]:
-    """:data:`POSE_FIELDS` in the image camera ``K`` (N, 3, 3) from model outputs and ``Minv``. ``angles =
+    """The other :data:`OUTPUT_FIELDS` (3D landmarks, pose, angles, occlusion) in the image camera ``K``
+    (N, 3, 3) from model outputs and ``Minv``. ``angles =
     False`` leaves out ``euler`` and ``visibility`` (None): for a caller that replaces the rotation anyway
     (the landmark stage's smoothing recomputes both from the smoothed rotation)."""
     R, t = pose_from_crop(out["rotation"].astype(np.float64), out["translation"].astype(np.float64), Minv, K0,

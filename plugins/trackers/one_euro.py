@@ -52,6 +52,21 @@ def _alpha(cutoff: np.ndarray | float, dt: float) -> np.ndarray | float:
     return 1.0 / (1.0 + tau / dt)
 
 
+def _check(params: OneEuroParams) -> None:
+    if params.min_cutoff <= 0 or params.d_cutoff <= 0 or params.beta < 0:
+        raise ValueError(f"need min_cutoff > 0, d_cutoff > 0, beta >= 0; got {params.min_cutoff}, "
+                         f"{params.d_cutoff}, {params.beta}")
+
+
+def _one_euro_step(x, x_prev, dx_prev, dt, scale, min_cutoff, beta, d_cutoff):
+    """One One-Euro step, element-wise (arrays broadcast; parameters may be per element): the new output
+    and filtered speed from sample ``x``, the previous output and speed, the time step ``dt`` and the
+    speed ``scale``. Shared by :class:`OneEuroFilter` and :class:`FaceSmoother`."""
+    speed = (x - x_prev) / (dt * scale)
+    dx = dx_prev + _alpha(d_cutoff, dt) * (speed - dx_prev)
+    return x_prev + _alpha(min_cutoff + beta * np.abs(dx), dt) * (x - x_prev), dx
+
+
 class OneEuroFilter:
     """Causal One-Euro filter over arrays of any (fixed) shape. Call with each new sample and its time.
 
@@ -60,8 +75,7 @@ class OneEuroFilter:
     """
 
     def __init__(self, min_cutoff: float = 1.0, beta: float = 0.0, d_cutoff: float = 1.0):
-        if min_cutoff <= 0 or d_cutoff <= 0 or beta < 0:
-            raise ValueError(f"need min_cutoff > 0, d_cutoff > 0, beta >= 0; got {min_cutoff}, {d_cutoff}, {beta}")
+        _check(OneEuroParams(min_cutoff, beta, d_cutoff))
         self.min_cutoff = min_cutoff
         self.beta = beta
         self.d_cutoff = d_cutoff
@@ -86,10 +100,8 @@ class OneEuroFilter:
         dt = float(t) - self._t
         if dt <= 0.0:
             return self._x.copy()
-        speed = (x - self._x) / dt / max(float(scale), 1e-12)
-        self._dx = self._dx + _alpha(self.d_cutoff, dt) * (speed - self._dx)
-        cutoff = self.min_cutoff + self.beta * np.abs(self._dx)
-        self._x = self._x + _alpha(cutoff, dt) * (x - self._x)
+        self._x, self._dx = _one_euro_step(x, self._x, self._dx, dt, max(float(scale), 1e-12), self.min_cutoff,
+                                           self.beta, self.d_cutoff)
         self._t = float(t)
         return self._x.copy()
 
@@ -155,8 +167,7 @@ class FaceSmoother:
         per_field = ((_LM2, landmarks), (_LM3, landmarks), (_TRANS, translation), (_ROT, rotation))
         self._min_cutoff, self._beta, self._d_cutoff = (np.empty(_STATE_SIZE) for _ in range(3))
         for part, params in per_field:
-            if params.min_cutoff <= 0 or params.d_cutoff <= 0 or params.beta < 0:
-                raise ValueError(f"need min_cutoff > 0, d_cutoff > 0, beta >= 0; got {params}")
+            _check(params)
             self._min_cutoff[part], self._beta[part], self._d_cutoff[part] = (
                 params.min_cutoff, params.beta, params.d_cutoff)
 
@@ -252,9 +263,7 @@ class FaceSmoother:
         scale = np.ones((n, _STATE_SIZE))
         scale[:, _LM2] = np.maximum(extent_2d, 1.0)[:, None]
         scale[:, _LM3.start:_TRANS.stop] = np.maximum(extent_3d, 1.0)[:, None]
-        speed = (x - xp) / (dt * scale)
-        dx = dxp + _alpha(self._d_cutoff, dt) * (speed - dxp)
-        out = xp + _alpha(self._min_cutoff + self._beta * np.abs(dx), dt) * (x - xp)
+        out, dx = _one_euro_step(x, xp, dxp, dt, scale, self._min_cutoff, self._beta, self._d_cutoff)
         for i, st in enumerate(states):
             st.x, st.dx, st.t = out[i], dx[i], t
         return out
